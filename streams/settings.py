@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     topic_search_results: str = "search-results"
     topic_photo_indexed: str = "photo-indexed"
     topic_partitions: int = Field(default=8, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
 
     # Consumer group timing. Tansu completes a join after half the session timeout, so 6 s
     # (Kafka's smallest allowed by default) lets a worker consume 3 s after it starts;
@@ -91,6 +92,12 @@ class Settings(BaseSettings):
     def face_store_url(self) -> str | None:
         url = self.vector_database_url or self.database_url
         return url.get_secret_value() if url else None
+
+    @property
+    def broker_bootstrap(self) -> str:
+        """host:port[,host:port] for aiokafka, from the kafka:// URL Faust takes."""
+        assert self.kafka_broker_url is not None, "the embedded broker sets KAFKA_BROKER_URL"
+        return ",".join(part.removeprefix("kafka://") for part in self.kafka_broker_url.split(","))
 
     @property
     def postgres_data_dir(self) -> Path:

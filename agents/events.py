@@ -1,0 +1,48 @@
+"""The transport-neutral shape of a consumed message and of what an agent wants published."""
+
+from dataclasses import dataclass
+
+from schemas.errors import PixoraError
+from schemas.events import DeadLetter, peek_field
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One event to publish: its topic (by role, resolved to a name by the stream app), key and body."""
+
+    role: str  # "photo_indexed", "dead_letter", "search_results"
+    key: str | None
+    value: bytes
+
+
+def dead_letter(event: IncomingEvent, error: PixoraError | Exception, attempts: int) -> DeadLetter:
+    code = error.code if isinstance(error, PixoraError) else "internal_error"
+    reason = str(error) if isinstance(error, PixoraError) else f"{type(error).__name__}: {error}"
+    return DeadLetter(
+        topic=event.topic,
+        partition=event.partition,
+        offset=event.offset,
+        key=event.key.decode("utf-8", "replace") if event.key is not None else None,
+        original=event.value.decode("utf-8", "replace"),
+        reason=reason,
+        error_code=code,
+        attempts=attempts,
+        event_id=peek_field(event.value, "event_id") or peek_field(event.value, "request_id"),
+        session_id=peek_field(event.value, "session_id"),
+        photo_id=peek_field(event.value, "photo_id"),
+    )
+
+
+def rounded_box(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """A box to a tenth of a pixel: enough for drawing, and keeps events short."""
+    x1, y1, x2, y2 = (round(float(value), 1) for value in bbox)
+    return (x1, y1, x2, y2)

@@ -1,0 +1,220 @@
+"""The index agent's work: photo-uploaded events in, faces stored, photo-indexed events out.
+
+A batch is handled in four steps: parse and check each event; skip the photos the store
+already has from the same source and model (a replay); fetch, decode, detect and embed the
+rest, the blocking part in a worker thread; save the whole batch in one transaction. Only
+then does the caller acknowledge the batch's offsets.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
+from agents.retrying import Backoff, retry_transient
+from faces.decoding import decode_image
+from faces.engine import FaceEngine, PhotoFaces
+from schemas.errors import PixoraError, SessionFull
+from schemas.events import FaceFound, PhotoIndexed, PhotoUploaded
+from storage.face_store import FaceStore, IndexedPhoto, PhotoRecord, StoredFace
+from storage.photo_source import PhotoSource
+
+log = logging.getLogger(__name__)
+
+# An error we did not foresee (a bug, a model crash on one odd image) is retried this many
+# times before the photo is dead-lettered, so one poison photo cannot stall its partition.
+UNEXPECTED_ERROR_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class IndexLimits:
+    max_photos_per_session: int = 1000
+    max_image_pixels: int = 100_000_000
+    min_image_side_px: int = 32
+
+
+@dataclass
+class _Work:
+    event: IncomingEvent
+    upload: PhotoUploaded | None = None
+    outcome: Publication | None = None
+    faces: PhotoFaces | None = None
+    superseded_by: "_Work | None" = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class PhotoIndexer:
+    def __init__(
+        self,
+        engine: FaceEngine,
+        store: FaceStore,
+        source: PhotoSource,
+        executor: Executor,
+        limits: IndexLimits,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.source = source
+        self.executor = executor
+        self.limits = limits
+        self.backoff = backoff
+
+    async def index_batch(self, events: Sequence[IncomingEvent]) -> list[Publication]:
+        """Index a batch; return one publication per event, in event order."""
+        work = [_Work(event) for event in events]
+        for item in work:
+            self._parse(item)
+
+        pending = [item for item in work if item.outcome is None]
+        await self._skip_known_and_enforce_limits(pending)
+        pending = [item for item in pending if item.superseded_by is None]
+
+        for item in (item for item in pending if item.outcome is None):
+            await self._analyze(item)
+
+        await self._save([item for item in pending if item.outcome is None and item.faces is not None])
+        for item in work:
+            if item.superseded_by is not None:
+                item.outcome = self._like(item, item.superseded_by)
+        for item in work:
+            self._log(item)
+        return [item.outcome for item in work if item.outcome is not None]
+
+    def _parse(self, item: _Work) -> None:
+        try:
+            item.upload = PhotoUploaded.parse(item.event.value)
+        except PixoraError as error:
+            item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+
+    async def _skip_known_and_enforce_limits(self, pending: list[_Work]) -> None:
+        sessions: dict[str, list[_Work]] = {}
+        for item in pending:
+            assert item.upload is not None
+            sessions.setdefault(item.upload.session_id, []).append(item)
+
+        for session_id, items in sessions.items():
+            photo_ids = [item.upload.photo for item in items if item.upload]
+            known = await retry_transient(
+                lambda: self.store.known_photos(session_id, photo_ids), "reading known photos", self.backoff
+            )
+            count = await retry_transient(lambda: self.store.photo_count(session_id), "counting photos", self.backoff)
+            # Within one batch a photo uploaded twice is indexed once, from its last event.
+            last_event_of = {item.upload.photo: item for item in items if item.upload}
+            admitted: set[str] = set(known)
+            for item in items:
+                assert item.upload is not None
+                photo_id = item.upload.photo
+                record = known.get(photo_id)
+                if record is not None and record.source == item.upload.source and record.model == self.engine.model:
+                    item.outcome = self._replayed(item.upload, record, item.started)
+                elif last_event_of[photo_id] is not item:
+                    item.superseded_by = last_event_of[photo_id]
+                elif photo_id not in admitted and count >= self.limits.max_photos_per_session:
+                    error = SessionFull(
+                        f"session {session_id!r} already holds {count} photos, "
+                        f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
+                    )
+                    item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+                elif photo_id not in admitted:
+                    admitted.add(photo_id)
+                    count += 1
+
+    async def _analyze(self, item: _Work) -> None:
+        assert item.upload is not None
+        upload = item.upload
+        for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
+            try:
+                data = await retry_transient(lambda: self.source.fetch(upload.source), f"fetching {upload.source!r}", self.backoff)
+                loop = asyncio.get_running_loop()
+                item.faces = await loop.run_in_executor(self.executor, self._faces_of, data)
+                return
+            except PixoraError as error:
+                item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, attempt).to_json())
+                return
+            except Exception as error:
+                log.exception("unexpected error indexing photo %r (attempt %d)", upload.photo, attempt)
+                if attempt == UNEXPECTED_ERROR_ATTEMPTS:
+                    item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, attempt).to_json())
+
+    def _faces_of(self, data: bytes) -> PhotoFaces:
+        image = decode_image(
+            data, max_pixels=self.limits.max_image_pixels, min_side_px=self.limits.min_image_side_px
+        )
+        return self.engine.index_photo(image)
+
+    async def _save(self, analyzed: list[_Work]) -> None:
+        photos = []
+        for item in analyzed:
+            assert item.upload is not None and item.faces is not None
+            photos.append(
+                IndexedPhoto(
+                    session_id=item.upload.session_id,
+                    photo_id=item.upload.photo,
+                    event_id=item.upload.event_id,
+                    source=item.upload.source,
+                    model=self.engine.model,
+                    faces=[StoredFace(face.bbox, face.det_score, face.embedding) for face in item.faces.faces],
+                    faces_dropped=item.faces.dropped,
+                )
+            )
+        await retry_transient(lambda: self.store.save(photos), f"saving a batch of {len(photos)} photos", self.backoff)
+
+        for item in analyzed:
+            assert item.upload is not None and item.faces is not None
+            faces = [
+                FaceFound(face_index=index, bbox=rounded_box(face.bbox), det_score=round(face.det_score, 4))
+                for index, face in enumerate(item.faces.faces)
+            ]
+            item.outcome = self._indexed(item.upload, faces, item.faces.dropped, item.started, replayed=False)
+
+    def _replayed(self, upload: PhotoUploaded, record: PhotoRecord, started: float) -> Publication:
+        faces = [
+            FaceFound(face_index=index, bbox=rounded_box(bbox), det_score=round(score, 4))
+            for index, (bbox, score) in enumerate(record.faces)
+        ]
+        return self._indexed(upload, faces, record.faces_dropped, started, replayed=True)
+
+    def _like(self, item: _Work, winner: _Work) -> Publication:
+        # The same photo came twice in one batch: only its last event was indexed, and the
+        # earlier one gets the same answer as a replay, so every event is still answered.
+        assert item.upload is not None and winner.outcome is not None
+        if winner.outcome.role != "photo_indexed":
+            error = PixoraError(f"superseded in the same batch by event {winner.event.offset}, which failed")
+            return Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+        answer = PhotoIndexed.parse(winner.outcome.value)
+        return self._indexed(item.upload, answer.faces, answer.faces_dropped, item.started, replayed=True)
+
+    def _indexed(
+        self, upload: PhotoUploaded, faces: list[FaceFound], dropped: int, started: float, *, replayed: bool
+    ) -> Publication:
+        event = PhotoIndexed(
+            event_id=upload.event_id,
+            session_id=upload.session_id,
+            photo_id=upload.photo,
+            face_count=len(faces),
+            faces_dropped=dropped,
+            faces=faces,
+            model=self.engine.model,
+            replayed=replayed,
+            took_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return Publication("photo_indexed", upload.session_id, event.to_json())
+
+    def _log(self, item: _Work) -> None:
+        upload, outcome = item.upload, item.outcome
+        assert outcome is not None
+        log.info(
+            "indexed topic=%s partition=%d offset=%d session=%s photo=%s faces=%s outcome=%s ms=%.0f",
+            item.event.topic,
+            item.event.partition,
+            item.event.offset,
+            upload.session_id if upload else "-",
+            upload.photo if upload else "-",
+            len(item.faces.faces) if item.faces else "-",
+            outcome.role,
+            (time.perf_counter() - item.started) * 1000,
+        )

@@ -1,0 +1,1 @@
+"""Where photos come from (a local folder, S3) and where their faces go (PostgreSQL with pgvector)."""

@@ -1,0 +1,216 @@
+"""The face store: photos and their face embeddings in PostgreSQL with pgvector.
+
+Every query names one session and one model: embeddings of different models live in
+different spaces, and a search must never see another session's photos.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+from pgvector.asyncpg import register_vector
+
+from schemas.errors import StorageUnavailable
+from storage.migrations import apply_migrations
+
+log = logging.getLogger(__name__)
+
+BoundingBox = tuple[float, float, float, float]
+
+# Errors that mean "the database is not there right now", as opposed to "this query is wrong".
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+@dataclass(frozen=True)
+class StoredFace:
+    bbox: BoundingBox
+    det_score: float
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class IndexedPhoto:
+    session_id: str
+    photo_id: str
+    event_id: str
+    source: str
+    model: str
+    faces: Sequence[StoredFace]
+    faces_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    """What the store already knows of a photo."""
+
+    session_id: str
+    photo_id: str
+    source: str
+    model: str
+    face_count: int
+    faces_dropped: int
+    faces: list[tuple[BoundingBox, float]]
+
+
+@dataclass(frozen=True)
+class Match:
+    photo_id: str
+    similarity: float
+    bbox: BoundingBox
+
+
+@asynccontextmanager
+async def unavailable_as_retriable(action: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as error:
+        raise StorageUnavailable(f"face store unavailable while {action}: {type(error).__name__}: {error}") from error
+
+
+class FaceStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_connections: int = 4) -> "FaceStore":
+        """Apply pending migrations, then open a connection pool."""
+        async with unavailable_as_retriable("connecting"):
+            connection = await asyncpg.connect(dsn, timeout=10)
+            try:
+                await apply_migrations(connection)
+            finally:
+                await connection.close()
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_connections, init=register_vector, timeout=10
+            )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def known_photos(self, session_id: str, photo_ids: Sequence[str]) -> dict[str, PhotoRecord]:
+        async with unavailable_as_retriable("reading photos"):
+            rows = await self._pool.fetch(
+                """SELECT p.photo_id, p.source, p.model, p.face_count, p.faces_dropped,
+                          coalesce(array_agg(f.bbox || f.det_score ORDER BY f.face_index)
+                                   FILTER (WHERE f.face_index IS NOT NULL), '{}') AS faces
+                   FROM photos p
+                   LEFT JOIN faces f USING (session_id, photo_id)
+                   WHERE p.session_id = $1 AND p.photo_id = ANY($2::text[])
+                   GROUP BY p.photo_id, p.source, p.model, p.face_count, p.faces_dropped""",
+                session_id,
+                list(photo_ids),
+            )
+        return {
+            row["photo_id"]: PhotoRecord(
+                session_id=session_id,
+                photo_id=row["photo_id"],
+                source=row["source"],
+                model=row["model"],
+                face_count=row["face_count"],
+                faces_dropped=row["faces_dropped"],
+                faces=[(tuple(face[:4]), float(face[4])) for face in row["faces"]],  # type: ignore[misc]
+            )
+            for row in rows
+        }
+
+    async def photo_count(self, session_id: str) -> int:
+        async with unavailable_as_retriable("counting photos"):
+            count: int = await self._pool.fetchval(
+                "SELECT count(*) FROM photos WHERE session_id = $1", session_id
+            )
+        return count
+
+    async def save(self, photos: Sequence[IndexedPhoto]) -> None:
+        """Store a batch of photos in one transaction, replacing any faces they had before."""
+        if not photos:
+            return
+        async with unavailable_as_retriable("saving a batch"), self._pool.acquire() as connection:
+            async with connection.transaction():
+                await connection.executemany(
+                    "DELETE FROM faces WHERE session_id = $1 AND photo_id = $2",
+                    [(photo.session_id, photo.photo_id) for photo in photos],
+                )
+                await connection.executemany(
+                    """INSERT INTO photos (session_id, photo_id, status, face_count, faces_dropped,
+                                           model, source, event_id, indexed_at, error)
+                       VALUES ($1, $2, 'indexed', $3, $4, $5, $6, $7, now(), NULL)
+                       ON CONFLICT (session_id, photo_id) DO UPDATE SET
+                           status = 'indexed', face_count = excluded.face_count,
+                           faces_dropped = excluded.faces_dropped, model = excluded.model,
+                           source = excluded.source, event_id = excluded.event_id,
+                           indexed_at = excluded.indexed_at, error = NULL""",
+                    [
+                        (
+                            photo.session_id,
+                            photo.photo_id,
+                            len(photo.faces),
+                            photo.faces_dropped,
+                            photo.model,
+                            photo.source,
+                            photo.event_id,
+                        )
+                        for photo in photos
+                    ],
+                )
+                face_rows = [
+                    (photo.session_id, photo.photo_id, index, photo.model, face.embedding,
+                     face.det_score, list(face.bbox))
+                    for photo in photos
+                    for index, face in enumerate(photo.faces)
+                ]
+                if face_rows:
+                    await connection.executemany(
+                        """INSERT INTO faces (session_id, photo_id, face_index, model, embedding,
+                                              det_score, bbox)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                        face_rows,
+                    )
+
+    async def search(
+        self, session_id: str, model: str, embedding: np.ndarray, threshold: float, limit: int
+    ) -> list[Match]:
+        """The session's photos whose best face reaches the threshold, best first.
+
+        Exact: every face of the session is compared, through the primary key's session range.
+        """
+        async with unavailable_as_retriable("searching"):
+            rows = await self._pool.fetch(
+                """SELECT photo_id, similarity, bbox FROM (
+                       SELECT DISTINCT ON (photo_id)
+                              photo_id, 1 - (embedding <=> $3) AS similarity, bbox
+                       FROM faces
+                       WHERE session_id = $1 AND model = $2
+                       ORDER BY photo_id, embedding <=> $3, face_index
+                   ) best
+                   WHERE similarity >= $4
+                   ORDER BY similarity DESC, photo_id
+                   LIMIT $5""",
+                session_id,
+                model,
+                embedding,
+                threshold,
+                limit,
+            )
+        return [Match(row["photo_id"], float(row["similarity"]), tuple(row["bbox"])) for row in rows]  # type: ignore[arg-type]
+
+    async def face_count(self, session_id: str, photo_id: str | None = None) -> int:
+        async with unavailable_as_retriable("counting faces"):
+            count: int = await self._pool.fetchval(
+                "SELECT count(*) FROM faces WHERE session_id = $1 AND ($2::text IS NULL OR photo_id = $2)",
+                session_id,
+                photo_id,
+            )
+        return count

@@ -1,0 +1,229 @@
+"""The Faust application: topics, the two agents, and the resources they share.
+
+Offsets are acknowledged by hand, after the batch's rows are committed in PostgreSQL and its
+answers are delivered to Kafka, so a worker killed at any point redelivers rather than loses.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from agents.events import IncomingEvent, Publication
+from agents.indexing import IndexLimits, PhotoIndexer
+from agents.retrying import Backoff
+from agents.searching import SearchPolicy, SelfieSearcher
+from faces.engine import FaceEngine, FaceLimits
+from faces.model_pack import locate_model_pack
+from faces.runtime import OnnxRuntime
+from storage.face_store import FaceStore
+from storage.photo_source import LocalPhotoSource, PhotoSource, S3PhotoSource
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+# Searches arrive one by one and a guest waits for each: a short window, small batches.
+SEARCH_BATCH_SIZE = 4
+SEARCH_BATCH_WINDOW_S = 0.01
+
+
+class WorkerResources:
+    """The face engine, the store and the photo source, opened once per worker on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = asyncio.Lock()
+        self._ready: tuple[PhotoIndexer, SelfieSearcher] | None = None
+        self._store: FaceStore | None = None
+        self._source: PhotoSource | None = None
+        # One inference thread: ONNX Runtime already spreads one call over every core, and a
+        # second caller would only contend for them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    async def agents(self) -> tuple[PhotoIndexer, SelfieSearcher]:
+        async with self._lock:
+            if self._ready is None:
+                self._ready = await self._open()
+            return self._ready
+
+    async def _open(self) -> tuple[PhotoIndexer, SelfieSearcher]:
+        settings = self.settings
+        engine = await asyncio.get_running_loop().run_in_executor(self._executor, build_engine, settings)
+        if engine.dimension != settings.embedding_dimension:
+            raise RuntimeError(
+                f"model {engine.model} embeds in {engine.dimension} dimensions, "
+                f"EMBEDDING_DIMENSION is {settings.embedding_dimension}"
+            )
+        assert settings.face_store_url is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
+        self._store = await _open_store(settings.face_store_url)
+        self._source = build_photo_source(settings)
+        indexer = PhotoIndexer(
+            engine,
+            self._store,
+            self._source,
+            self._executor,
+            IndexLimits(
+                max_photos_per_session=settings.max_photos_per_session,
+                max_image_pixels=settings.max_image_pixels,
+                min_image_side_px=settings.min_image_side_px,
+            ),
+        )
+        searcher = SelfieSearcher(
+            engine,
+            self._store,
+            self._source,
+            self._executor,
+            SearchPolicy(
+                default_threshold=settings.face_similarity_threshold,
+                max_limit=settings.search_result_limit,
+                max_selfie_bytes=settings.max_selfie_bytes,
+                max_image_pixels=settings.max_image_pixels,
+                min_image_side_px=settings.min_image_side_px,
+            ),
+        )
+        return indexer, searcher
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+        if self._source is not None:
+            await self._source.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _open_store(dsn: str) -> FaceStore:
+    from agents.retrying import retry_transient
+
+    # A worker may start before its database: wait for it rather than crash-loop.
+    return await retry_transient(lambda: FaceStore.open(dsn), "opening the face store", Backoff(max_delay_s=10))
+
+
+def build_engine(settings: Settings) -> FaceEngine:
+    runtime = OnnxRuntime(settings.onnx_providers, settings.onnx_threads)
+    pack = locate_model_pack(settings.face_model, settings.insightface_root)
+    limits = FaceLimits(
+        max_faces=settings.max_faces_per_photo,
+        min_det_score=settings.min_detection_score,
+        min_face_px=settings.min_face_size_px,
+    )
+    return FaceEngine(pack, runtime, limits)
+
+
+def build_photo_source(settings: Settings) -> PhotoSource:
+    if settings.s3_bucket_name:
+        return S3PhotoSource(
+            settings.s3_bucket_name,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            region=settings.s3_region,
+            timeout_s=settings.s3_timeout_s,
+            max_bytes=settings.max_image_bytes,
+        )
+    return LocalPhotoSource(settings.photo_root, settings.max_image_bytes)
+
+
+def create_app(settings: Settings) -> faust.App:
+    assert settings.kafka_broker_url is not None, "the embedded runtime sets KAFKA_BROKER_URL"
+    app = faust.App(
+        settings.kafka_group_id,
+        broker=settings.kafka_broker_url,
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",  # a new consumer group replays: that reindexes
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_s,
+        producer_acks=-1,
+        datadir=str(settings.data_dir / "faust"),
+    )
+    names = TopicNames.from_settings(settings)
+    topic = _declare(app, settings)
+    resources = WorkerResources(settings)
+    targets = {
+        "photo_indexed": topic(names.photo_indexed),
+        "dead_letter": topic(names.photo_uploaded_dlq),
+        "search_results": topic(names.search_results),
+    }
+
+    async def publish(publications: Sequence[Publication]) -> None:
+        pending = [
+            await targets[item.role].send(key=item.key.encode() if item.key else None, value=item.value)
+            for item in publications
+        ]
+        await asyncio.gather(*pending)  # delivered to the broker before any offset moves
+
+    @app.agent(topic(names.photo_uploaded), name="index-photos")
+    async def index_photos(stream: StreamT[bytes]) -> None:
+        indexer, _ = await resources.agents()
+        async for events in stream.noack_take(settings.indexing_batch_size, within=settings.indexing_batch_window_s):
+            incoming = [_incoming(event) for event in events]
+            await _until_done(lambda: indexer.index_batch(incoming), publish, f"batch of {len(incoming)} uploads")
+            for event in events:
+                await stream.ack(event)
+
+    @app.agent(topic(names.search_requested), name="answer-searches")
+    async def answer_searches(stream: StreamT[bytes]) -> None:
+        _, searcher = await resources.agents()
+        async for events in stream.noack_take(SEARCH_BATCH_SIZE, within=SEARCH_BATCH_WINDOW_S):
+            for event in events:
+                request = _incoming(event)
+                await _until_done(lambda: _one(searcher.answer(request)), publish, f"search at offset {request.offset}")
+                await stream.ack(event)
+
+    app.pixora_resources = resources  # type: ignore[attr-defined]
+    return app
+
+
+async def _one(answer: Any) -> list[Publication]:
+    return [await answer]
+
+
+async def _until_done(work: Any, publish: Any, what: str) -> None:
+    """Run an agent's work and publish its answers, retrying anything that escapes.
+
+    The agents turn every foreseen fault into an answer or a dead letter; what still escapes
+    (a broker refusing the answers, a bug) must not end the agent, which would leave its
+    partitions silently unconsumed, nor acknowledge events that got no answer.
+    """
+    backoff = Backoff(max_delay_s=30)
+    attempt = 1
+    while True:
+        try:
+            await publish(await work())
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = backoff.delay_s(attempt)
+            log.exception("%s failed (attempt %d); retrying in %.1f s", what, attempt, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+def _declare(app: faust.App, settings: Settings) -> Any:
+    def topic(name: str) -> faust.TopicT:
+        # Raw bytes in and out: our schemas parse and validate, so a malformed event becomes a
+        # dead letter with a reason instead of a decode error inside Faust.
+        return app.topic(name, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
+                         partitions=settings.topic_partitions)
+
+    return topic
+
+
+def _incoming(event: EventT) -> IncomingEvent:
+    message = event.message
+    return IncomingEvent(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key if isinstance(message.key, bytes) else None,
+        value=message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
+    )

