@@ -206,6 +206,16 @@ class FaceStore:
             )
         return [Match(row["photo_id"], float(row["similarity"]), tuple(row["bbox"])) for row in rows]  # type: ignore[arg-type]
 
+    async def embeddings(self, session_id: str, photo_id: str) -> np.ndarray:
+        """The stored embeddings of one photo, in face order."""
+        async with unavailable_as_retriable("reading embeddings"):
+            rows = await self._pool.fetch(
+                "SELECT embedding FROM faces WHERE session_id = $1 AND photo_id = $2 ORDER BY face_index",
+                session_id,
+                photo_id,
+            )
+        return np.array([np.asarray(row["embedding"].to_numpy()) for row in rows], dtype=np.float32)
+
     async def face_count(self, session_id: str, photo_id: str | None = None) -> int:
         async with unavailable_as_retriable("counting faces"):
             count: int = await self._pool.fetchval(

@@ -127,6 +127,7 @@ def _run_faust_worker(settings: Settings) -> None:
     from streams.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     with contextlib.suppress(SystemExit):

