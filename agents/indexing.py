@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
 from agents.retrying import Backoff, retry_transient
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 # An error we did not foresee (a bug, a model crash on one odd image) is retried this many
 # times before the photo is dead-lettered, so one poison photo cannot stall its partition.
 UNEXPECTED_ERROR_ATTEMPTS = 3
+
+
+# Indexing waits as long as it takes: a photo is never skipped because a dependency was down.
+INDEXING_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,11 @@ class _Work:
     work_ms: float | None = None  # fetch, decode, detect and embed of this photo alone
 
     def took_ms(self) -> float:
-        elapsed = self.work_ms if self.work_ms is not None else (time.perf_counter() - self.started) * 1000
+        elapsed = (
+            self.work_ms
+            if self.work_ms is not None
+            else (time.perf_counter() - self.started) * 1000
+        )
         return round(elapsed, 1)
 
 
@@ -59,7 +68,7 @@ class PhotoIndexer:
         source: PhotoSource,
         executor: Executor,
         limits: IndexLimits,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = INDEXING_BACKOFF,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -81,7 +90,9 @@ class PhotoIndexer:
         for item in (item for item in pending if item.outcome is None):
             await self._analyze(item)
 
-        await self._save([item for item in pending if item.outcome is None and item.faces is not None])
+        await self._save(
+            [item for item in pending if item.outcome is None and item.faces is not None]
+        )
         for item in work:
             if item.superseded_by is not None:
                 item.outcome = self._like(item, item.superseded_by)
@@ -93,7 +104,9 @@ class PhotoIndexer:
         try:
             item.upload = PhotoUploaded.parse(item.event.value)
         except PixoraError as error:
-            item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+            item.outcome = Publication(
+                "dead_letter", None, dead_letter(item.event, error, 1).to_json()
+            )
 
     async def _skip_known_and_enforce_limits(self, pending: list[_Work]) -> None:
         sessions: dict[str, list[_Work]] = {}
@@ -104,9 +117,13 @@ class PhotoIndexer:
         for session_id, items in sessions.items():
             photo_ids = [item.upload.photo for item in items if item.upload]
             known = await retry_transient(
-                lambda: self.store.known_photos(session_id, photo_ids), "reading known photos", self.backoff
+                partial(self.store.known_photos, session_id, photo_ids),
+                "reading known photos",
+                self.backoff,
             )
-            count = await retry_transient(lambda: self.store.photo_count(session_id), "counting photos", self.backoff)
+            count = await retry_transient(
+                partial(self.store.photo_count, session_id), "counting photos", self.backoff
+            )
             # Within one batch a photo uploaded twice is indexed once, from its last event.
             last_event_of = {item.upload.photo: item for item in items if item.upload}
             admitted: set[str] = set(known)
@@ -114,7 +131,11 @@ class PhotoIndexer:
                 assert item.upload is not None
                 photo_id = item.upload.photo
                 record = known.get(photo_id)
-                if record is not None and record.source == item.upload.source and record.model == self.engine.model:
+                if (
+                    record is not None
+                    and record.source == item.upload.source
+                    and record.model == self.engine.model
+                ):
                     item.outcome = self._replayed(item.upload, record, item.took_ms())
                 elif last_event_of[photo_id] is not item:
                     item.superseded_by = last_event_of[photo_id]
@@ -123,7 +144,9 @@ class PhotoIndexer:
                         f"session {session_id!r} already holds {count} photos, "
                         f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
                     )
-                    item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+                    item.outcome = Publication(
+                        "dead_letter", None, dead_letter(item.event, error, 1).to_json()
+                    )
                 elif photo_id not in admitted:
                     admitted.add(photo_id)
                     count += 1
@@ -134,18 +157,28 @@ class PhotoIndexer:
         started = time.perf_counter()
         for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
             try:
-                data = await retry_transient(lambda: self.source.fetch(upload.source), f"fetching {upload.source!r}", self.backoff)
+                data = await retry_transient(
+                    lambda: self.source.fetch(upload.source),
+                    f"fetching {upload.source!r}",
+                    self.backoff,
+                )
                 loop = asyncio.get_running_loop()
                 item.faces = await loop.run_in_executor(self.executor, self._faces_of, data)
                 item.work_ms = (time.perf_counter() - started) * 1000
                 return
             except PixoraError as error:
-                item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, attempt).to_json())
+                item.outcome = Publication(
+                    "dead_letter", None, dead_letter(item.event, error, attempt).to_json()
+                )
                 return
             except Exception as error:
-                log.exception("unexpected error indexing photo %r (attempt %d)", upload.photo, attempt)
+                log.exception(
+                    "unexpected error indexing photo %r (attempt %d)", upload.photo, attempt
+                )
                 if attempt == UNEXPECTED_ERROR_ATTEMPTS:
-                    item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, attempt).to_json())
+                    item.outcome = Publication(
+                        "dead_letter", None, dead_letter(item.event, error, attempt).to_json()
+                    )
 
     def _faces_of(self, data: bytes) -> PhotoFaces:
         image = decode_image(
@@ -164,19 +197,30 @@ class PhotoIndexer:
                     event_id=item.upload.event_id,
                     source=item.upload.source,
                     model=self.engine.model,
-                    faces=[StoredFace(face.bbox, face.det_score, face.embedding) for face in item.faces.faces],
+                    faces=[
+                        StoredFace(face.bbox, face.det_score, face.embedding)
+                        for face in item.faces.faces
+                    ],
                     faces_dropped=item.faces.dropped,
                 )
             )
-        await retry_transient(lambda: self.store.save(photos), f"saving a batch of {len(photos)} photos", self.backoff)
+        await retry_transient(
+            lambda: self.store.save(photos), f"saving a batch of {len(photos)} photos", self.backoff
+        )
 
         for item in analyzed:
             assert item.upload is not None and item.faces is not None
             faces = [
-                FaceFound(face_index=index, bbox=rounded_box(face.bbox), det_score=round(face.det_score, 4))
+                FaceFound(
+                    face_index=index,
+                    bbox=rounded_box(face.bbox),
+                    det_score=round(face.det_score, 4),
+                )
                 for index, face in enumerate(item.faces.faces)
             ]
-            item.outcome = self._indexed(item.upload, faces, item.faces.dropped, item.took_ms(), replayed=False)
+            item.outcome = self._indexed(
+                item.upload, faces, item.faces.dropped, item.took_ms(), replayed=False
+            )
 
     def _replayed(self, upload: PhotoUploaded, record: PhotoRecord, took_ms: float) -> Publication:
         faces = [
@@ -190,13 +234,23 @@ class PhotoIndexer:
         # earlier one gets the same answer as a replay, so every event is still answered.
         assert item.upload is not None and winner.outcome is not None
         if winner.outcome.role != "photo_indexed":
-            error = PixoraError(f"superseded in the same batch by event {winner.event.offset}, which failed")
+            error = PixoraError(
+                f"superseded in the same batch by event {winner.event.offset}, which failed"
+            )
             return Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
         answer = PhotoIndexed.parse(winner.outcome.value)
-        return self._indexed(item.upload, answer.faces, answer.faces_dropped, item.took_ms(), replayed=True)
+        return self._indexed(
+            item.upload, answer.faces, answer.faces_dropped, item.took_ms(), replayed=True
+        )
 
     def _indexed(
-        self, upload: PhotoUploaded, faces: list[FaceFound], dropped: int, took_ms: float, *, replayed: bool
+        self,
+        upload: PhotoUploaded,
+        faces: list[FaceFound],
+        dropped: int,
+        took_ms: float,
+        *,
+        replayed: bool,
     ) -> Publication:
         event = PhotoIndexed(
             event_id=upload.event_id,

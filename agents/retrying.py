@@ -33,9 +33,13 @@ async def retry_transient(action: Callable[[], Awaitable[T]], what: str, backoff
         try:
             return await action()
         except PixoraError as error:
-            if not error.retriable or (backoff.max_attempts is not None and attempt >= backoff.max_attempts):
+            if not error.retriable or (
+                backoff.max_attempts is not None and attempt >= backoff.max_attempts
+            ):
                 raise
             delay = backoff.delay_s(attempt)
-            log.warning("%s failed (attempt %d), retrying in %.1f s: %s", what, attempt, delay, error)
+            log.warning(
+                "%s failed (attempt %d), retrying in %.1f s: %s", what, attempt, delay, error
+            )
             await asyncio.sleep(delay)
             attempt += 1

@@ -25,6 +25,11 @@ from storage.photo_source import PhotoSource
 log = logging.getLogger(__name__)
 
 
+# A guest is waiting: a database outage is retried for about half a minute, then the request is
+# answered with status "error" instead of holding the partition.
+SEARCH_BACKOFF = Backoff(first_delay_s=0.5, max_delay_s=8.0, max_attempts=6)
+
+
 @dataclass(frozen=True)
 class SearchPolicy:
     default_threshold: float = 0.30
@@ -42,9 +47,7 @@ class SelfieSearcher:
         source: PhotoSource,
         executor: Executor,
         policy: SearchPolicy,
-        # A guest is waiting: a database outage is retried for about half a minute, then the
-        # request is answered with status "error" instead of holding the partition.
-        backoff: Backoff = Backoff(first_delay_s=0.5, max_delay_s=8.0, max_attempts=6),
+        backoff: Backoff = SEARCH_BACKOFF,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -65,7 +68,9 @@ class SelfieSearcher:
             results = self._failure(event, request, status, str(error), started)
         except Exception as error:
             log.exception("unexpected error answering search at offset %d", event.offset)
-            results = self._failure(event, request, "error", f"internal error: {type(error).__name__}", started)
+            results = self._failure(
+                event, request, "error", f"internal error: {type(error).__name__}", started
+            )
 
         log.info(
             "searched topic=%s partition=%d offset=%d session=%s request=%s status=%s matches=%d ms=%.0f",
@@ -82,16 +87,22 @@ class SelfieSearcher:
 
     def _check_limit(self, request: SearchRequested) -> None:
         if request.limit is not None and request.limit > self.policy.max_limit:
-            raise InvalidEvent(f"limit {request.limit} is above SEARCH_RESULT_LIMIT={self.policy.max_limit}")
+            raise InvalidEvent(
+                f"limit {request.limit} is above SEARCH_RESULT_LIMIT={self.policy.max_limit}"
+            )
 
     async def _search(self, request: SearchRequested, started: float) -> SearchResults:
-        threshold = self.policy.default_threshold if request.threshold is None else request.threshold
+        threshold = (
+            self.policy.default_threshold if request.threshold is None else request.threshold
+        )
         limit = request.limit or self.policy.max_limit
         data = await self._selfie_bytes(request)
         loop = asyncio.get_running_loop()
         face = await loop.run_in_executor(self.executor, self._selfie_face, data)
 
-        def answer(status: SearchStatus, matches: list[PhotoMatch], face: EmbeddedFace | None) -> SearchResults:
+        def answer(
+            status: SearchStatus, matches: list[PhotoMatch], face: EmbeddedFace | None
+        ) -> SearchResults:
             return SearchResults(
                 request_id=request.request_id,
                 session_id=request.session_id,
@@ -108,12 +119,18 @@ class SelfieSearcher:
         if face is None:
             return answer("no_face", [], None)
         found = await retry_transient(
-            lambda: self.store.search(request.session_id, self.engine.model, face.embedding, threshold, limit),
+            lambda: self.store.search(
+                request.session_id, self.engine.model, face.embedding, threshold, limit
+            ),
             "searching the face store",
             self.backoff,
         )
         matches = [
-            PhotoMatch(photo_id=match.photo_id, similarity=round(match.similarity, 4), bbox=rounded_box(match.bbox))
+            PhotoMatch(
+                photo_id=match.photo_id,
+                similarity=round(match.similarity, 4),
+                bbox=rounded_box(match.bbox),
+            )
             for match in found
         ]
         return answer("matched" if matches else "no_match", matches, face)
@@ -129,13 +146,17 @@ class SelfieSearcher:
             except (binascii.Error, ValueError) as error:
                 raise InvalidEvent(f"image_b64 is not valid base64: {error}") from error
         assert request.source is not None
-        data = await retry_transient(lambda: self.source.fetch(request.source or ""), "fetching the selfie", self.backoff)
+        data = await retry_transient(
+            lambda: self.source.fetch(request.source or ""), "fetching the selfie", self.backoff
+        )
         if len(data) > cap:
             raise ImageTooLarge(f"the selfie is {len(data)} bytes, over MAX_SELFIE_BYTES={cap}")
         return data
 
     def _selfie_face(self, data: bytes) -> EmbeddedFace | None:
-        image = decode_image(data, max_pixels=self.policy.max_image_pixels, min_side_px=self.policy.min_image_side_px)
+        image = decode_image(
+            data, max_pixels=self.policy.max_image_pixels, min_side_px=self.policy.min_image_side_px
+        )
         return self.engine.selfie_face(image)
 
     def _failure(
@@ -147,8 +168,12 @@ class SelfieSearcher:
         started: float,
     ) -> SearchResults:
         return SearchResults(
-            request_id=request.request_id if request else (peek_field(event.value, "request_id") or ""),
-            session_id=request.session_id if request else (peek_field(event.value, "session_id") or ""),
+            request_id=request.request_id
+            if request
+            else (peek_field(event.value, "request_id") or ""),
+            session_id=request.session_id
+            if request
+            else (peek_field(event.value, "session_id") or ""),
             status=status,
             model=self.engine.model,
             took_ms=round((time.perf_counter() - started) * 1000, 1),

@@ -28,7 +28,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side_px: int) -> np.ndarra
         raise UndecodableImage("the image is empty (0 bytes)")
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as error:
         raise UndecodableImage(
             "the bytes are not an image format we read (JPEG, PNG, WebP, HEIC, TIFF, BMP, GIF)"
@@ -65,7 +65,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image.mode == "P" and "transparency" in image.info
     ):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        background = Image.new("RGBA", rgba.size, (*WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 

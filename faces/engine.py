@@ -85,7 +85,10 @@ class FaceEngine:
         )
         self.dimension = int(self._recognizer.output_shape[-1])
         log.info(
-            "face engine ready: model=%s dimension=%d %s", self.model, self.dimension, runtime.describe()
+            "face engine ready: model=%s dimension=%d %s",
+            self.model,
+            self.dimension,
+            runtime.describe(),
         )
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
@@ -119,7 +122,9 @@ class FaceEngine:
             EmbeddedFace(face.bbox, face.det_score, vector)
             for face, vector in zip(kept, embeddings, strict=True)
         ]
-        return PhotoFaces(faces, dropped=len(usable) - len(kept), rejected=len(detected) - len(usable))
+        return PhotoFaces(
+            faces, dropped=len(usable) - len(kept), rejected=len(detected) - len(usable)
+        )
 
     def selfie_face(self, image: np.ndarray) -> EmbeddedFace | None:
         """The largest face of a selfie, embedded, or None when it shows no face."""
@@ -150,12 +155,15 @@ class FaceEngine:
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """Scale each row to unit L2 norm, so cosine similarity is a dot product."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: np.ndarray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 def pad_for_detection(image: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
     border = max(1, int(max(image.shape[:2]) * fraction))
-    canvas = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    canvas = cv2.copyMakeBorder(
+        image, border, border, border, border, cv2.BORDER_CONSTANT, value=(0, 0, 0)
+    )
     return canvas, border
 
 

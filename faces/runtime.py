@@ -22,7 +22,9 @@ CPU = "CPUExecutionProvider"
 class OnnxRuntime:
     """Creates inference sessions that all share one provider choice and thread budget."""
 
-    def __init__(self, providers: Literal["auto", "cuda", "cpu"] = "auto", threads: int = 0) -> None:
+    def __init__(
+        self, providers: Literal["auto", "cuda", "cpu"] = "auto", threads: int = 0
+    ) -> None:
         self.requested = providers
         self.providers = self._choose(providers)
         self.threads = threads or os.cpu_count() or 1

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.errors import InvalidEvent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 # Ids end up in log lines, topic keys and primary keys; 200 characters covers UUIDs, ULIDs and
 # human-readable slugs with room to spare while keeping a crafted id from bloating every row.
@@ -39,7 +39,9 @@ class _Event(BaseModel):
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InvalidEvent(f"{cls.__name__} is not valid JSON: {error}") from error
         if not isinstance(document, dict):
-            raise InvalidEvent(f"{cls.__name__} must be a JSON object, got {type(document).__name__}")
+            raise InvalidEvent(
+                f"{cls.__name__} must be a JSON object, got {type(document).__name__}"
+            )
         try:
             return cls.model_validate(document)
         except ValidationError as error:
@@ -68,7 +70,9 @@ class PhotoUploaded(_Event):
         if self.photo_id is None:
             derived = photo_id_from_source(self.source)
             if not derived:
-                raise ValueError(f"no photo_id given and none derivable from source {self.source!r}")
+                raise ValueError(
+                    f"no photo_id given and none derivable from source {self.source!r}"
+                )
             object.__setattr__(self, "photo_id", derived)
         return self
 

@@ -76,7 +76,9 @@ async def unavailable_as_retriable(action: str) -> AsyncIterator[None]:
     try:
         yield
     except _UNAVAILABLE as error:
-        raise StorageUnavailable(f"face store unavailable while {action}: {type(error).__name__}: {error}") from error
+        raise StorageUnavailable(
+            f"face store unavailable while {action}: {type(error).__name__}: {error}"
+        ) from error
 
 
 class FaceStore:
@@ -100,7 +102,9 @@ class FaceStore:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def known_photos(self, session_id: str, photo_ids: Sequence[str]) -> dict[str, PhotoRecord]:
+    async def known_photos(
+        self, session_id: str, photo_ids: Sequence[str]
+    ) -> dict[str, PhotoRecord]:
         async with unavailable_as_retriable("reading photos"):
             rows = await self._pool.fetch(
                 """SELECT p.photo_id, p.source, p.model, p.face_count, p.faces_dropped,
@@ -121,7 +125,7 @@ class FaceStore:
                 model=row["model"],
                 face_count=row["face_count"],
                 faces_dropped=row["faces_dropped"],
-                faces=[(tuple(face[:4]), float(face[4])) for face in row["faces"]],  # type: ignore[misc]
+                faces=[(tuple(face[:4]), float(face[4])) for face in row["faces"]],
             )
             for row in rows
         }
@@ -137,14 +141,17 @@ class FaceStore:
         """Store a batch of photos in one transaction, replacing any faces they had before."""
         if not photos:
             return
-        async with unavailable_as_retriable("saving a batch"), self._pool.acquire() as connection:
-            async with connection.transaction():
-                await connection.executemany(
-                    "DELETE FROM faces WHERE session_id = $1 AND photo_id = $2",
-                    [(photo.session_id, photo.photo_id) for photo in photos],
-                )
-                await connection.executemany(
-                    """INSERT INTO photos (session_id, photo_id, status, face_count, faces_dropped,
+        async with (
+            unavailable_as_retriable("saving a batch"),
+            self._pool.acquire() as connection,
+            connection.transaction(),
+        ):
+            await connection.executemany(
+                "DELETE FROM faces WHERE session_id = $1 AND photo_id = $2",
+                [(photo.session_id, photo.photo_id) for photo in photos],
+            )
+            await connection.executemany(
+                """INSERT INTO photos (session_id, photo_id, status, face_count, faces_dropped,
                                            model, source, event_id, indexed_at, error)
                        VALUES ($1, $2, 'indexed', $3, $4, $5, $6, $7, now(), NULL)
                        ON CONFLICT (session_id, photo_id) DO UPDATE SET
@@ -152,32 +159,39 @@ class FaceStore:
                            faces_dropped = excluded.faces_dropped, model = excluded.model,
                            source = excluded.source, event_id = excluded.event_id,
                            indexed_at = excluded.indexed_at, error = NULL""",
-                    [
-                        (
-                            photo.session_id,
-                            photo.photo_id,
-                            len(photo.faces),
-                            photo.faces_dropped,
-                            photo.model,
-                            photo.source,
-                            photo.event_id,
-                        )
-                        for photo in photos
-                    ],
-                )
-                face_rows = [
-                    (photo.session_id, photo.photo_id, index, photo.model, face.embedding,
-                     face.det_score, list(face.bbox))
+                [
+                    (
+                        photo.session_id,
+                        photo.photo_id,
+                        len(photo.faces),
+                        photo.faces_dropped,
+                        photo.model,
+                        photo.source,
+                        photo.event_id,
+                    )
                     for photo in photos
-                    for index, face in enumerate(photo.faces)
-                ]
-                if face_rows:
-                    await connection.executemany(
-                        """INSERT INTO faces (session_id, photo_id, face_index, model, embedding,
+                ],
+            )
+            face_rows = [
+                (
+                    photo.session_id,
+                    photo.photo_id,
+                    index,
+                    photo.model,
+                    face.embedding,
+                    face.det_score,
+                    list(face.bbox),
+                )
+                for photo in photos
+                for index, face in enumerate(photo.faces)
+            ]
+            if face_rows:
+                await connection.executemany(
+                    """INSERT INTO faces (session_id, photo_id, face_index, model, embedding,
                                               det_score, bbox)
                            VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-                        face_rows,
-                    )
+                    face_rows,
+                )
 
     async def search(
         self, session_id: str, model: str, embedding: np.ndarray, threshold: float, limit: int
@@ -204,7 +218,9 @@ class FaceStore:
                 threshold,
                 limit,
             )
-        return [Match(row["photo_id"], float(row["similarity"]), tuple(row["bbox"])) for row in rows]  # type: ignore[arg-type]
+        return [
+            Match(row["photo_id"], float(row["similarity"]), tuple(row["bbox"])) for row in rows
+        ]
 
     async def embeddings(self, session_id: str, photo_id: str) -> np.ndarray:
         """The stored embeddings of one photo, in face order."""

@@ -44,7 +44,10 @@ async def apply_migrations(connection: asyncpg.Connection) -> list[int]:
                    name       text        NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        done = {
+            row["version"]
+            for row in await connection.fetch("SELECT version FROM schema_migrations")
+        }
         for migration in bundled_migrations():
             if migration.version in done:
                 continue

@@ -28,7 +28,9 @@ def _relative_key(source: str) -> PurePosixPath:
         raise SourceRefused(f"source {source!r} contains a NUL byte")
     key = PurePosixPath(source)
     if key.is_absolute() or source.startswith("\\"):
-        raise SourceRefused(f"source {source!r} is an absolute path; give a key under the photo root")
+        raise SourceRefused(
+            f"source {source!r} is an absolute path; give a key under the photo root"
+        )
     if ".." in key.parts:
         raise SourceRefused(f"source {source!r} climbs out of the photo root with '..'")
     if not key.parts or str(key) == ".":
@@ -49,7 +51,9 @@ class LocalPhotoSource:
             raise SourceRefused(f"source {source!r}: the {scheme}:// scheme is not served here")
         path = (self.root / _relative_key(source)).resolve()
         if not path.is_relative_to(self.root):
-            raise SourceRefused(f"source {source!r} resolves outside the photo root (a symbolic link?)")
+            raise SourceRefused(
+                f"source {source!r} resolves outside the photo root (a symbolic link?)"
+            )
         return await asyncio.to_thread(self._read, path, source)
 
     def _read(self, path: Path, source: str) -> bytes:
@@ -58,7 +62,9 @@ class LocalPhotoSource:
             if not path.is_file():
                 raise PhotoNotFound(f"source {source!r} is not a regular file")
             if size > self.max_bytes:
-                raise ImageTooLarge(f"source {source!r} is {size} bytes, over MAX_IMAGE_BYTES={self.max_bytes}")
+                raise ImageTooLarge(
+                    f"source {source!r} is {size} bytes, over MAX_IMAGE_BYTES={self.max_bytes}"
+                )
             return path.read_bytes()
         except FileNotFoundError as error:
             raise PhotoNotFound(f"source {source!r} does not exist under the photo root") from error
@@ -95,14 +101,18 @@ class S3PhotoSource:
         # Retries are ours (the agent backs off while the partition waits), so botocore's own
         # are limited to one quick attempt more.
         self._config = Config(
-            connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"}
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"max_attempts": 2, "mode": "standard"},
         )
         self._client: Any = None
         self._client_context: Any = None
 
     async def _s3(self) -> Any:
         if self._client is None:
-            self._client_context = self._session.client("s3", endpoint_url=self._endpoint_url, config=self._config)
+            self._client_context = self._session.client(
+                "s3", endpoint_url=self._endpoint_url, config=self._config
+            )
             self._client = await self._client_context.__aenter__()
         return self._client
 
@@ -110,10 +120,14 @@ class S3PhotoSource:
         parts = urlsplit(source)
         if parts.scheme == "s3":
             if parts.netloc != self.bucket:
-                raise SourceRefused(f"source {source!r} is in bucket {parts.netloc!r}; this service reads {self.bucket!r}")
+                raise SourceRefused(
+                    f"source {source!r} is in bucket {parts.netloc!r}; this service reads {self.bucket!r}"
+                )
             return str(_relative_key(parts.path.lstrip("/")))
         if parts.scheme:
-            raise SourceRefused(f"source {source!r}: the {parts.scheme}:// scheme is not served here")
+            raise SourceRefused(
+                f"source {source!r}: the {parts.scheme}:// scheme is not served here"
+            )
         return str(_relative_key(source))
 
     async def fetch(self, source: str) -> bytes:
@@ -126,7 +140,9 @@ class S3PhotoSource:
             size = int(response.get("ContentLength") or 0)
             if size > self.max_bytes:
                 response["Body"].close()
-                raise ImageTooLarge(f"s3://{self.bucket}/{key} is {size} bytes, over MAX_IMAGE_BYTES={self.max_bytes}")
+                raise ImageTooLarge(
+                    f"s3://{self.bucket}/{key} is {size} bytes, over MAX_IMAGE_BYTES={self.max_bytes}"
+                )
             async with response["Body"] as body:
                 data: bytes = await body.read()
             return data
@@ -137,11 +153,20 @@ class S3PhotoSource:
                 raise PhotoNotFound(f"s3://{self.bucket}/{key} does not exist") from error
             if code in ("NoSuchBucket",):
                 raise SourceUnavailable(f"bucket {self.bucket!r} does not exist (yet?)") from error
-            if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"):
-                raise SourceUnavailable(f"S3 answered {status} {code} for s3://{self.bucket}/{key}") from error
+            if status >= 500 or code in (
+                "SlowDown",
+                "RequestTimeout",
+                "ServiceUnavailable",
+                "InternalError",
+            ):
+                raise SourceUnavailable(
+                    f"S3 answered {status} {code} for s3://{self.bucket}/{key}"
+                ) from error
             raise PhotoNotFound(f"S3 refused s3://{self.bucket}/{key}: {status} {code}") from error
         except (BotoCoreError, OSError, TimeoutError) as error:
-            raise SourceUnavailable(f"S3 unreachable for s3://{self.bucket}/{key}: {type(error).__name__}") from error
+            raise SourceUnavailable(
+                f"S3 unreachable for s3://{self.bucket}/{key}: {type(error).__name__}"
+            ) from error
 
     async def close(self) -> None:
         if self._client_context is not None:

@@ -6,11 +6,13 @@ answers are delivered to Kafka, so a worker killed at any point redelivers rathe
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import faust
+from faust import Stream
 from faust.types import EventT, StreamT
 
 from agents.events import IncomingEvent, Publication
@@ -53,7 +55,9 @@ class WorkerResources:
 
     async def _open(self) -> tuple[PhotoIndexer, SelfieSearcher]:
         settings = self.settings
-        engine = await asyncio.get_running_loop().run_in_executor(self._executor, build_engine, settings)
+        engine = await asyncio.get_running_loop().run_in_executor(
+            self._executor, build_engine, settings
+        )
         if engine.dimension != settings.embedding_dimension:
             raise RuntimeError(
                 f"model {engine.model} embeds in {engine.dimension} dimensions, "
@@ -100,7 +104,9 @@ async def _open_store(dsn: str) -> FaceStore:
     from agents.retrying import retry_transient
 
     # A worker may start before its database: wait for it rather than crash-loop.
-    return await retry_transient(lambda: FaceStore.open(dsn), "opening the face store", Backoff(max_delay_s=10))
+    return await retry_transient(
+        lambda: FaceStore.open(dsn), "opening the face store", Backoff(max_delay_s=10)
+    )
 
 
 def build_engine(settings: Settings) -> FaceEngine:
@@ -119,8 +125,12 @@ def build_photo_source(settings: Settings) -> PhotoSource:
         return S3PhotoSource(
             settings.s3_bucket_name,
             endpoint_url=settings.s3_endpoint_url,
-            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            access_key=settings.s3_access_key.get_secret_value()
+            if settings.s3_access_key
+            else None,
+            secret_key=settings.s3_secret_key.get_secret_value()
+            if settings.s3_secret_key
+            else None,
             region=settings.s3_region,
             timeout_s=settings.s3_timeout_s,
             max_bytes=settings.max_image_bytes,
@@ -155,7 +165,9 @@ def create_app(settings: Settings) -> faust.App:
 
     async def publish(publications: Sequence[Publication]) -> None:
         pending = [
-            await targets[item.role].send(key=item.key.encode() if item.key else None, value=item.value)
+            await targets[item.role].send(
+                key=item.key.encode() if item.key else None, value=item.value
+            )
             for item in publications
         ]
         await asyncio.gather(*pending)  # delivered to the broker before any offset moves
@@ -163,27 +175,36 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(topic(names.photo_uploaded), name="index-photos")
     async def index_photos(stream: StreamT[bytes]) -> None:
         indexer, _ = await resources.agents()
-        async for events in stream.noack_take(settings.indexing_batch_size, within=settings.indexing_batch_window_s):
+        batches = _event_batches(
+            stream, settings.indexing_batch_size, settings.indexing_batch_window_s
+        )
+        async for events in batches:
             incoming = [_incoming(event) for event in events]
-            await _until_done(lambda: indexer.index_batch(incoming), publish, f"batch of {len(incoming)} uploads")
+            await _until_done(
+                partial(indexer.index_batch, incoming), publish, f"batch of {len(incoming)} uploads"
+            )
             for event in events:
                 await stream.ack(event)
 
     @app.agent(topic(names.search_requested), name="answer-searches")
     async def answer_searches(stream: StreamT[bytes]) -> None:
         _, searcher = await resources.agents()
-        async for events in stream.noack_take(SEARCH_BATCH_SIZE, within=SEARCH_BATCH_WINDOW_S):
+        async for events in _event_batches(stream, SEARCH_BATCH_SIZE, SEARCH_BATCH_WINDOW_S):
             for event in events:
                 request = _incoming(event)
-                await _until_done(lambda: _one(searcher.answer(request)), publish, f"search at offset {request.offset}")
+                await _until_done(
+                    partial(_answer_one, searcher, request),
+                    publish,
+                    f"search at offset {request.offset}",
+                )
                 await stream.ack(event)
 
     app.pixora_resources = resources  # type: ignore[attr-defined]
     return app
 
 
-async def _one(answer: Any) -> list[Publication]:
-    return [await answer]
+async def _answer_one(searcher: SelfieSearcher, request: IncomingEvent) -> list[Publication]:
+    return [await searcher.answer(request)]
 
 
 async def _until_done(work: Any, publish: Any, what: str) -> None:
@@ -212,13 +233,30 @@ def _declare(app: faust.App, settings: Settings) -> Any:
     def topic(name: str) -> faust.TopicT:
         # Raw bytes in and out: our schemas parse and validate, so a malformed event becomes a
         # dead letter with a reason instead of a decode error inside Faust.
-        return app.topic(name, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
-                         partitions=settings.topic_partitions)
+        return app.topic(
+            name,
+            value_type=bytes,
+            key_type=bytes,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=settings.topic_partitions,
+        )
 
     return topic
 
 
-def _incoming(event: EventT) -> IncomingEvent:
+def _event_batches(
+    stream: StreamT[bytes], size: int, within_s: float
+) -> AsyncIterator[Sequence[EventT[bytes]]]:
+    """Batches of events that stay unacknowledged until we acknowledge each one.
+
+    Faust annotates `noack_take` as yielding values; it yields the events themselves.
+    """
+    batches = cast(Stream[bytes], stream).noack_take(size, within=within_s)
+    return cast(AsyncIterator[Sequence[EventT[bytes]]], batches)
+
+
+def _incoming(event: EventT[bytes]) -> IncomingEvent:
     message = event.message
     return IncomingEvent(
         topic=message.topic,

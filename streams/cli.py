@@ -71,28 +71,40 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the database migrations and exit")
     migrate.set_defaults(run=run_migrate)
 
-    index = commands.add_parser("index", help="publish an upload for every file of a folder and wait")
+    index = commands.add_parser(
+        "index", help="publish an upload for every file of a folder and wait"
+    )
     index.add_argument("folder", type=Path)
     index.add_argument("--session", required=True)
     index.add_argument("--json", action="store_true", help="one JSON outcome per line")
-    index.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait (%(default)s)")
+    index.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait (%(default)s)"
+    )
     index.set_defaults(run=run_index)
 
-    search = commands.add_parser("search", help="search a session with a selfie and wait for the answer")
+    search = commands.add_parser(
+        "search", help="search a session with a selfie and wait for the answer"
+    )
     search.add_argument("selfie", type=Path)
     search.add_argument("--session", required=True)
     search.add_argument("--threshold", type=float)
     search.add_argument("--limit", type=int)
     search.add_argument("--json", action="store_true", help="print the search-results event")
-    search.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (%(default)s)")
+    search.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait (%(default)s)"
+    )
     search.set_defaults(run=run_search)
 
     demo = commands.add_parser("demo", help="index sample photos and search them, all embedded")
     demo.add_argument("--photos", type=Path, help="folder of photos (default: bundled samples)")
-    demo.add_argument("--selfie", type=Path, action="append", help="a selfie to search with (repeatable)")
+    demo.add_argument(
+        "--selfie", type=Path, action="append", help="a selfie to search with (repeatable)"
+    )
     demo.add_argument("--session", default="demo-session")
     demo.add_argument("--json", action="store_true", help="one JSON object per line")
-    demo.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait (%(default)s)")
+    demo.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait (%(default)s)"
+    )
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -104,7 +116,11 @@ def run_worker(settings: Settings, _: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if settings.embedded_broker or settings.embedded_database:
             address = stack.enter_context(
-                embedded_stack(settings.data_dir, broker=settings.embedded_broker, database=settings.embedded_database)
+                embedded_stack(
+                    settings.data_dir,
+                    broker=settings.embedded_broker,
+                    database=settings.embedded_database,
+                )
             )
             settings = _with_address(settings, address.broker_url, address.database_url)
         _run_faust_worker(settings)
@@ -144,7 +160,9 @@ def run_migrate(settings: Settings, _: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         url = settings.face_store_url
         if url is None:
-            url = stack.enter_context(embedded_stack(settings.data_dir, broker=False, database=True)).database_url
+            url = stack.enter_context(
+                embedded_stack(settings.data_dir, broker=False, database=True)
+            ).database_url
         asyncio.run(migrate(url))
     print("migrations applied")
     return 0
@@ -176,12 +194,16 @@ def run_index(settings: Settings, arguments: argparse.Namespace) -> int:
     settings = _client_settings(settings)
     files = _photo_files(arguments.folder)
     sources = asyncio.run(_stage_photos(settings, files, arguments.session))
-    outcomes = asyncio.run(_index(settings, arguments.session, sources, arguments.timeout, progress=not arguments.json))
+    outcomes = asyncio.run(
+        _index(settings, arguments.session, sources, arguments.timeout, progress=not arguments.json)
+    )
     _print_outcomes(outcomes, as_json=arguments.json)
     return 0 if all(outcome["status"] != "missing" for outcome in outcomes) else 1
 
 
-async def _stage_photos(settings: Settings, files: list[Path], session_id: str) -> list[tuple[str, str]]:
+async def _stage_photos(
+    settings: Settings, files: list[Path], session_id: str
+) -> list[tuple[str, str]]:
     """Where the worker will read each file: its S3 key (uploaded now) or its path under the photo root."""
     if settings.s3_bucket_name:
         from streams.staging import upload_to_s3
@@ -201,7 +223,12 @@ async def _stage_photos(settings: Settings, files: list[Path], session_id: str) 
 
 
 async def _index(
-    settings: Settings, session_id: str, sources: list[tuple[str, str]], timeout_s: float, *, progress: bool
+    settings: Settings,
+    session_id: str,
+    sources: list[tuple[str, str]],
+    timeout_s: float,
+    *,
+    progress: bool,
 ) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
@@ -222,7 +249,9 @@ async def _index(
                     "uploaded_at": datetime.now(UTC).isoformat(),
                 },
             )
-        bar = tqdm(total=len(sent), unit="photo", desc="indexing", disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            total=len(sent), unit="photo", desc="indexing", disable=not progress, file=sys.stderr
+        )
         answer_topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
         found = await client.answers(
             set(sent),
@@ -231,15 +260,33 @@ async def _index(
             on_answer=lambda _, __: bar.update(1),
         )
         bar.close()
-        return [_photo_outcome(photo_id, found.get(event_id), client.topics.photo_indexed) for event_id, photo_id in sent.items()]
+        return [
+            _photo_outcome(photo_id, found.get(event_id), client.topics.photo_indexed)
+            for event_id, photo_id in sent.items()
+        ]
 
 
 def _photo_outcome(photo_id: str, answer: Answer | None, indexed_topic: str) -> dict[str, Any]:
     if answer is None:
-        return {"photo_id": photo_id, "status": "missing", "faces": None, "reason": "no answer before the timeout"}
+        return {
+            "photo_id": photo_id,
+            "status": "missing",
+            "faces": None,
+            "reason": "no answer before the timeout",
+        }
     if answer.topic == indexed_topic:
-        return {"photo_id": photo_id, "status": "indexed", "faces": answer.document.get("face_count"), "reason": None}
-    return {"photo_id": photo_id, "status": "dead_letter", "faces": None, "reason": answer.document.get("reason")}
+        return {
+            "photo_id": photo_id,
+            "status": "indexed",
+            "faces": answer.document.get("face_count"),
+            "reason": None,
+        }
+    return {
+        "photo_id": photo_id,
+        "status": "dead_letter",
+        "faces": None,
+        "reason": answer.document.get("reason"),
+    }
 
 
 def _print_outcomes(outcomes: list[dict[str, Any]], *, as_json: bool) -> None:
@@ -255,13 +302,22 @@ def _print_outcomes(outcomes: list[dict[str, Any]], *, as_json: bool) -> None:
 def run_search(settings: Settings, arguments: argparse.Namespace) -> int:
     settings = _client_settings(settings)
     results = asyncio.run(
-        _search(settings, arguments.session, [arguments.selfie], arguments.threshold, arguments.limit, arguments.timeout)
+        _search(
+            settings,
+            arguments.session,
+            [arguments.selfie],
+            arguments.threshold,
+            arguments.limit,
+            arguments.timeout,
+        )
     )
     _print_search(arguments.selfie, results[0], as_json=arguments.json)
     return 0 if results[0] is not None else 1
 
 
-def _selfie_request(session_id: str, selfie: Path, threshold: float | None, limit: int | None) -> dict[str, Any]:
+def _selfie_request(
+    session_id: str, selfie: Path, threshold: float | None, limit: int | None
+) -> dict[str, Any]:
     try:
         data = selfie.read_bytes()
     except OSError as error:
@@ -293,15 +349,25 @@ async def _search(
             await client.publish(client.topics.search_requested, session_id, request)
         found = await client.answers(
             {request["request_id"] for request in requests},
-            lambda answer: search_request_id(answer) if answer.topic == client.topics.search_results else None,
+            lambda answer: (
+                search_request_id(answer) if answer.topic == client.topics.search_results else None
+            ),
             timeout_s,
         )
-    return [found[request["request_id"]].document if request["request_id"] in found else None for request in requests]
+    return [
+        found[request["request_id"]].document if request["request_id"] in found else None
+        for request in requests
+    ]
 
 
 def _print_search(selfie: Path, results: dict[str, Any] | None, *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(results if results is not None else {"status": "missing", "selfie": str(selfie)}), flush=True)
+        print(
+            json.dumps(
+                results if results is not None else {"status": "missing", "selfie": str(selfie)}
+            ),
+            flush=True,
+        )
         return
     if results is None:
         print(f"selfie {selfie.name}: no answer before the timeout")
@@ -340,26 +406,51 @@ def run_demo(settings: Settings, arguments: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pixora-demo-") as scratch:
         scratch_dir = Path(scratch)
-        photo_root = arguments.photos.resolve() if arguments.photos else _copy_samples(scratch_dir / "photos")
+        photo_root = (
+            arguments.photos.resolve()
+            if arguments.photos
+            else _copy_samples(scratch_dir / "photos")
+        )
         files = _photo_files(photo_root)
-        demo_settings = settings.model_copy(update={"data_dir": scratch_dir / "var", "photo_root": photo_root})
+        demo_settings = settings.model_copy(
+            update={"data_dir": scratch_dir / "var", "photo_root": photo_root}
+        )
         say = (lambda _: None) if arguments.json else print
-        say(f"Pixora Face demo: {len(files)} photo(s) from {photo_root}, session {arguments.session!r}")
+        say(
+            f"Pixora Face demo: {len(files)} photo(s) from {photo_root}, session {arguments.session!r}"
+        )
 
         with embedded_stack(demo_settings.data_dir, broker=True, database=True) as address:
             demo_settings = _with_address(demo_settings, address.broker_url, address.database_url)
             with _worker_process(demo_settings, scratch_dir / "worker.log") as worker_log:
                 sources = [(path.name, photo_id_from_source(path.name)) for path in files]
-                outcomes = asyncio.run(_index(demo_settings, arguments.session, sources, arguments.timeout, progress=not arguments.json))
+                outcomes = asyncio.run(
+                    _index(
+                        demo_settings,
+                        arguments.session,
+                        sources,
+                        arguments.timeout,
+                        progress=not arguments.json,
+                    )
+                )
                 say("Photos:")
                 _print_outcomes(outcomes, as_json=arguments.json)
-                results = asyncio.run(_search(demo_settings, arguments.session, selfies, None, None, arguments.timeout))
+                results = asyncio.run(
+                    _search(
+                        demo_settings, arguments.session, selfies, None, None, arguments.timeout
+                    )
+                )
                 say("Searches:")
                 for selfie, result in zip(selfies, results, strict=True):
                     _print_search(selfie, result, as_json=arguments.json)
-                missing = [o for o in outcomes if o["status"] == "missing"] + [r for r in results if r is None]
+                missing = [o for o in outcomes if o["status"] == "missing"] + [
+                    r for r in results if r is None
+                ]
                 if missing:
-                    print(f"pixora-face demo: {len(missing)} answer(s) missing; worker log:\n{worker_log.read_text()[-4000:]}", file=sys.stderr)
+                    print(
+                        f"pixora-face demo: {len(missing)} answer(s) missing; worker log:\n{worker_log.read_text()[-4000:]}",
+                        file=sys.stderr,
+                    )
                     return 1
     return 0
 
@@ -383,7 +474,10 @@ def _worker_process(settings: Settings, log_file: Path) -> Iterator[Path]:
     )
     with log_file.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"], env=environment, stdout=output, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streams", "worker"],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     try:

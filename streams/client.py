@@ -32,18 +32,26 @@ class EventClient:
         self.topics = TopicNames.from_settings(settings)
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all")
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.broker_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=settings.broker_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
 
     async def __aenter__(self) -> "EventClient":
         await ensure_topics(self.settings)
         await self._producer.start()
         await self._consumer.start()
-        answer_topics = [self.topics.photo_indexed, self.topics.photo_uploaded_dlq, self.topics.search_results]
+        answer_topics = [
+            self.topics.photo_indexed,
+            self.topics.photo_uploaded_dlq,
+            self.topics.search_results,
+        ]
         partitions = [
             TopicPartition(topic, partition)
             for topic in answer_topics
-            for partition in sorted(self._consumer.partitions_for_topic(topic) or await self._partitions(topic))
+            for partition in sorted(
+                self._consumer.partitions_for_topic(topic) or await self._partitions(topic)
+            )
         ]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
@@ -53,7 +61,7 @@ class EventClient:
 
     async def _partitions(self, topic: str) -> set[int]:
         for _ in range(50):
-            found = self._consumer.partitions_for_topic(topic)
+            found: set[int] | None = self._consumer.partitions_for_topic(topic)
             if found:
                 return found
             await self._consumer._client.force_metadata_update()

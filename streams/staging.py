@@ -6,13 +6,19 @@ from schemas.events import photo_id_from_source
 from streams.settings import Settings
 
 
-async def upload_to_s3(settings: Settings, files: list[Path], session_id: str) -> list[tuple[str, str]]:
+async def upload_to_s3(
+    settings: Settings, files: list[Path], session_id: str
+) -> list[tuple[str, str]]:
     """Upload each file as `<session>/<file name>`; return (s3 source, photo id) pairs."""
     import aioboto3
 
     session = aioboto3.Session(
-        aws_access_key_id=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+        aws_access_key_id=settings.s3_access_key.get_secret_value()
+        if settings.s3_access_key
+        else None,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value()
+        if settings.s3_secret_key
+        else None,
         region_name=settings.s3_region,
     )
     staged = []
@@ -20,5 +26,7 @@ async def upload_to_s3(settings: Settings, files: list[Path], session_id: str) -
         for path in files:
             key = f"{session_id}/{path.name}"
             await s3.put_object(Bucket=settings.s3_bucket_name, Key=key, Body=path.read_bytes())
-            staged.append((f"s3://{settings.s3_bucket_name}/{key}", photo_id_from_source(path.name)))
+            staged.append(
+                (f"s3://{settings.s3_bucket_name}/{key}", photo_id_from_source(path.name))
+            )
     return staged

@@ -4,6 +4,7 @@ Both sides create the topics before using them: a producer writing first would o
 broker-default topic (often one partition) that the worker cannot widen.
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -61,22 +62,25 @@ class TopicNames:
 async def ensure_topics(settings: Settings) -> None:
     """Create every topic this service reads or writes, with the configured partitions."""
     topics = TopicNames.from_settings(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap, client_id="pixora-face-admin")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.broker_bootstrap, client_id="pixora-face-admin"
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [name for name in topics.all() if name not in existing]
         if not missing:
             return
-        try:
+        # Another worker or client may create one between our listing and our request.
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(
                 [
                     NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)
                     for name in missing
                 ]
             )
-        except TopicAlreadyExistsError:
-            pass  # another worker or client created it between our listing and our request
-        log.info("topics created: %s (%d partitions)", ", ".join(missing), settings.topic_partitions)
+        log.info(
+            "topics created: %s (%d partitions)", ", ".join(missing), settings.topic_partitions
+        )
     finally:
         await admin.close()

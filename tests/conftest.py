@@ -44,7 +44,9 @@ class LabelledPhoto:
 def labelled_photos() -> list[LabelledPhoto]:
     with (FIXTURES / "labels.csv").open() as table:
         return [
-            LabelledPhoto(row["file"], frozenset(row["identity"].split(";")), int(row["n_faces_expected"]))
+            LabelledPhoto(
+                row["file"], frozenset(row["identity"].split(";")), int(row["n_faces_expected"])
+            )
             for row in csv.DictReader(table)
         ]
 
@@ -130,7 +132,10 @@ def start_worker(settings: Settings, log_file: Path, **extra_env: str) -> Worker
     )
     with log_file.open("ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"], env=environment, stdout=output, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streams", "worker"],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     return WorkerProcess(process, log_file)

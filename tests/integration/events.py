@@ -30,13 +30,17 @@ async def index(client: EventClient, events: list[dict[str, Any]]) -> dict[str, 
     wanted = {event["event_id"] for event in events}
     topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
     found = await client.answers(
-        wanted, lambda answer: upload_event_id(answer) if answer.topic in topics else None, ANSWER_TIMEOUT_S
+        wanted,
+        lambda answer: upload_event_id(answer) if answer.topic in topics else None,
+        ANSWER_TIMEOUT_S,
     )
     assert set(found) == wanted, f"{len(wanted) - len(found)} upload(s) got no answer"
     return found
 
 
-async def search(client: EventClient, session_id: str, selfie: bytes, **fields: Any) -> dict[str, Any]:
+async def search(
+    client: EventClient, session_id: str, selfie: bytes, **fields: Any
+) -> dict[str, Any]:
     request: dict[str, Any] = {
         "schema_version": 1,
         "request_id": str(uuid.uuid4()),
@@ -47,7 +51,9 @@ async def search(client: EventClient, session_id: str, selfie: bytes, **fields: 
     await client.publish(client.topics.search_requested, session_id, request)
     found = await client.answers(
         {request["request_id"]},
-        lambda answer: search_request_id(answer) if answer.topic == client.topics.search_results else None,
+        lambda answer: (
+            search_request_id(answer) if answer.topic == client.topics.search_results else None
+        ),
         ANSWER_TIMEOUT_S,
     )
     assert request["request_id"] in found, "the search got no answer"

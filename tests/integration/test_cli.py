@@ -35,8 +35,17 @@ def test_demo_json_reports_every_file_then_each_search_in_selfie_order(tmp_path:
     (photos / "notes.txt").write_text("not a photo")
     selfie_obama, selfie_rose = FIXTURES / "obama.jpg", FIXTURES / "knn_train_rose_leslie_img1.jpg"
 
-    lines = run_demo("--photos", str(photos), "--selfie", str(selfie_obama), "--selfie", str(selfie_rose),
-                     "--session", "cli-test", cwd=tmp_path)
+    lines = run_demo(
+        "--photos",
+        str(photos),
+        "--selfie",
+        str(selfie_obama),
+        "--selfie",
+        str(selfie_rose),
+        "--session",
+        "cli-test",
+        cwd=tmp_path,
+    )
 
     outcomes = {line["photo_id"]: line for line in lines[:5]}
     assert {photo: outcome["status"] for photo, outcome in outcomes.items()} == {
@@ -46,7 +55,10 @@ def test_demo_json_reports_every_file_then_each_search_in_selfie_order(tmp_path:
         "empty room": "indexed",
         "notes": "dead_letter",
     }
-    assert [outcomes[photo]["faces"] for photo in ("two_people", "obama2", "knn_test_kit_with_rose", "empty room")] == [2, 1, 2, 0]
+    assert [
+        outcomes[photo]["faces"]
+        for photo in ("two_people", "obama2", "knn_test_kit_with_rose", "empty room")
+    ] == [2, 1, 2, 0]
     assert "not an image" in str(outcomes["notes"]["reason"])
 
     searches = lines[5:]

@@ -11,7 +11,9 @@ from tests.integration.events import index, search, upload
 pytestmark = pytest.mark.integration
 
 
-async def test_two_people_photo_stores_exactly_two_unit_norm_faces(client: EventClient, store: FaceStore) -> None:
+async def test_two_people_photo_stores_exactly_two_unit_norm_faces(
+    client: EventClient, store: FaceStore
+) -> None:
     session = new_session()
 
     answers = await index(client, [upload(session, "two_people.jpg")])
@@ -20,11 +22,15 @@ async def test_two_people_photo_stores_exactly_two_unit_norm_faces(client: Event
     assert answer.topic == client.topics.photo_indexed
     assert answer.document["face_count"] == 2
     assert await store.face_count(session, "two_people") == 2
-    norms = np.linalg.norm((await store.embeddings(session, "two_people")).astype(np.float64), axis=1)
+    norms = np.linalg.norm(
+        (await store.embeddings(session, "two_people")).astype(np.float64), axis=1
+    )
     assert norms.tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
-async def test_photo_without_faces_is_recorded_as_indexed_with_zero_faces(client: EventClient, store: FaceStore) -> None:
+async def test_photo_without_faces_is_recorded_as_indexed_with_zero_faces(
+    client: EventClient, store: FaceStore
+) -> None:
     session = new_session()
 
     answers = await index(client, [upload(session, "faceless.jpg")])
@@ -51,7 +57,9 @@ async def test_obama_selfie_finds_every_obama_photo_and_nothing_else(client: Eve
     assert all(similarity >= results["threshold"] for similarity in similarities)
 
 
-async def test_redelivered_upload_leaves_the_face_count_unchanged(client: EventClient, store: FaceStore) -> None:
+async def test_redelivered_upload_leaves_the_face_count_unchanged(
+    client: EventClient, store: FaceStore
+) -> None:
     session = new_session()
     event = upload(session, "knn_test_obama_and_biden.jpg")
     await index(client, [event])
@@ -65,7 +73,9 @@ async def test_redelivered_upload_leaves_the_face_count_unchanged(client: EventC
     assert await store.photo_count(session) == 1
 
 
-async def test_search_in_one_session_never_returns_another_sessions_photo(client: EventClient) -> None:
+async def test_search_in_one_session_never_returns_another_sessions_photo(
+    client: EventClient,
+) -> None:
     session_a, session_b = new_session(), new_session()
     await index(client, [upload(session_a, "obama.jpg"), upload(session_a, "obama2.jpg")])
     await index(client, [upload(session_b, "biden.jpg"), upload(session_b, "knn_test_obama1.jpg")])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from faces.decoding import decode_image
 from faces.engine import (
     DetectedFace,
     EmbeddedFace,
@@ -15,7 +16,7 @@ from faces.engine import (
 from faces.model_pack import bundled_pack
 from faces.runtime import OnnxRuntime
 from streams.settings import Settings
-from tests.conftest import read_image
+from tests.conftest import faceless_photo, read_image
 
 DEFAULT_THRESHOLD = Settings.model_fields["face_similarity_threshold"].default
 
@@ -179,6 +180,34 @@ def test_a_tightly_cropped_face_is_still_found_and_matches_the_uncropped_one(eng
     assert 0 <= by1 < by2 <= crop.shape[0]
 
 
+def test_a_selfie_cut_too_tight_for_the_detector_is_found_on_a_padded_canvas(engine: FaceEngine) -> None:
+    image = read_image("obama.jpg")
+    uncropped = selfie(engine, "obama.jpg")
+    x1, y1, x2, y2 = (int(round(value)) for value in uncropped.bbox)
+    width, height = x2 - x1, y2 - y1
+    crop = np.ascontiguousarray(
+        image[y1 + height // 10 : y2 - height // 20, x1 + width * 3 // 10 : x2 - width * 3 // 10]
+    )
+
+    found = engine.selfie_face(crop)
+
+    assert engine.detect(crop) == []
+    assert found is not None
+    assert float(found.embedding @ uncropped.embedding) > DEFAULT_THRESHOLD
+    bx1, by1, bx2, by2 = found.bbox
+    assert 0 <= bx1 < bx2 <= crop.shape[1]
+    assert 0 <= by1 < by2 <= crop.shape[0]
+
+
+def test_a_faceless_photo_has_no_selfie_face(engine: FaceEngine) -> None:
+    image = decode_image(faceless_photo(), max_pixels=10**8, min_side_px=32)
+
+    found = engine.selfie_face(image)
+
+    assert found is None
+    assert engine.index_photo(image).faces == []
+
+
 def test_pad_for_detection_adds_a_black_border_of_the_given_fraction() -> None:
     image = np.full((100, 40, 3), 200, dtype=np.uint8)
 
@@ -189,6 +218,34 @@ def test_pad_for_detection_adds_a_black_border_of_the_given_fraction() -> None:
     np.testing.assert_array_equal(canvas[25:125, 25:65], image)
     assert int(canvas[:25].max()) == 0
     assert int(canvas[:, :25].max()) == 0
+
+
+def test_a_selfie_cut_too_tight_for_the_detector_is_found_on_a_padded_canvas(engine: FaceEngine) -> None:
+    image = read_image("obama.jpg")
+    uncropped = selfie(engine, "obama.jpg")
+    x1, y1, x2, y2 = (int(round(value)) for value in uncropped.bbox)
+    width, height = x2 - x1, y2 - y1
+    crop = np.ascontiguousarray(
+        image[y1 + height // 10 : y2 - height // 20, x1 + width * 3 // 10 : x2 - width * 3 // 10]
+    )
+
+    found = engine.selfie_face(crop)
+
+    assert engine.detect(crop) == []
+    assert found is not None
+    assert float(found.embedding @ uncropped.embedding) > DEFAULT_THRESHOLD
+    bx1, by1, bx2, by2 = found.bbox
+    assert 0 <= bx1 < bx2 <= crop.shape[1]
+    assert 0 <= by1 < by2 <= crop.shape[0]
+
+
+def test_a_faceless_photo_has_no_selfie_face(engine: FaceEngine) -> None:
+    image = decode_image(faceless_photo(), max_pixels=10**8, min_side_px=32)
+
+    found = engine.selfie_face(image)
+
+    assert found is None
+    assert engine.index_photo(image).faces == []
 
 
 def test_pad_for_detection_adds_at_least_one_pixel() -> None:
