@@ -1,0 +1,100 @@
+"""The pgvector face store on a real PostgreSQL: idempotence, one row per photo, isolation."""
+
+import numpy as np
+import pytest
+
+from faces.engine import FaceEngine
+from storage.face_store import FaceStore, IndexedPhoto, StoredFace
+from tests.conftest import new_session, read_image
+
+pytestmark = pytest.mark.integration
+
+
+def faces_of(engine: FaceEngine, name: str) -> list[StoredFace]:
+    found = engine.index_photo(read_image(name))
+    return [StoredFace(face.bbox, face.det_score, face.embedding) for face in found.faces]
+
+
+def photo(
+    session: str, photo_id: str, faces: list[StoredFace], model: str = "buffalo_s"
+) -> IndexedPhoto:
+    return IndexedPhoto(session, photo_id, f"event-{photo_id}", f"{photo_id}.jpg", model, faces)
+
+
+async def test_a_photo_with_two_matching_faces_is_one_row_with_its_best_similarity(
+    engine: FaceEngine, store: FaceStore
+) -> None:
+    session = new_session()
+    close, far = faces_of(engine, "obama-720p.jpg")[0], faces_of(engine, "obama2.jpg")[0]
+    await store.save([photo(session, "collage", [far, close])])
+    query = faces_of(engine, "obama.jpg")[0].embedding
+
+    matches = await store.search(session, "buffalo_s", query, threshold=0.3, limit=10)
+
+    assert [match.photo_id for match in matches] == ["collage"]
+    assert matches[0].similarity == pytest.approx(float(query @ close.embedding), abs=1e-5)
+    assert matches[0].bbox == pytest.approx(close.bbox, abs=1e-3)
+
+
+async def test_threshold_and_limit_cut_the_ranked_photos(
+    engine: FaceEngine, store: FaceStore
+) -> None:
+    session = new_session()
+    names = ["obama-720p.jpg", "obama2.jpg", "knn_test_obama1.jpg", "biden.jpg"]
+    await store.save([photo(session, name.split(".")[0], faces_of(engine, name)) for name in names])
+    query = faces_of(engine, "obama.jpg")[0].embedding
+    scores = {
+        name.split(".")[0]: float(query @ faces_of(engine, name)[0].embedding) for name in names
+    }
+    ranked = sorted(scores, key=lambda photo_id: -scores[photo_id])
+
+    everything = await store.search(session, "buffalo_s", query, threshold=-1.0, limit=50)
+    above = await store.search(session, "buffalo_s", query, threshold=0.3, limit=50)
+    top_two = await store.search(session, "buffalo_s", query, threshold=-1.0, limit=2)
+
+    assert [match.photo_id for match in everything] == ranked
+    assert [match.photo_id for match in above] == [p for p in ranked if scores[p] >= 0.3]
+    assert "biden" not in {match.photo_id for match in above}
+    assert [match.photo_id for match in top_two] == ranked[:2]
+
+
+async def test_saving_the_same_photo_again_replaces_its_faces(
+    engine: FaceEngine, store: FaceStore
+) -> None:
+    session = new_session()
+    two = faces_of(engine, "two_people.jpg")
+    await store.save([photo(session, "group", two)])
+
+    await store.save([photo(session, "group", two)])
+    await store.save([photo(session, "group", two[:1])])
+
+    assert await store.face_count(session) == 1
+    assert await store.photo_count(session) == 1
+
+
+async def test_other_sessions_and_other_models_are_never_searched(
+    engine: FaceEngine, store: FaceStore
+) -> None:
+    mine, theirs = new_session(), new_session()
+    obama = faces_of(engine, "obama2.jpg")
+    await store.save(
+        [photo(theirs, "theirs", obama), photo(mine, "other-model", obama, model="buffalo_l")]
+    )
+    query = faces_of(engine, "obama.jpg")[0].embedding
+
+    assert await store.search(mine, "buffalo_s", query, threshold=-1.0, limit=50) == []
+    assert [m.photo_id for m in await store.search(theirs, "buffalo_s", query, -1.0, 50)] == [
+        "theirs"
+    ]
+
+
+async def test_stored_embeddings_are_the_engines_to_float32_precision(
+    engine: FaceEngine, store: FaceStore
+) -> None:
+    session = new_session()
+    faces = faces_of(engine, "two_people.jpg")
+
+    await store.save([photo(session, "two_people", faces)])
+
+    stored = await store.embeddings(session, "two_people")
+    np.testing.assert_allclose(stored, np.stack([face.embedding for face in faces]), atol=1e-6)
