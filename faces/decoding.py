@@ -33,6 +33,9 @@ def decode_image(data: bytes, *, max_pixels: int, min_side_px: int) -> np.ndarra
         raise UndecodableImage(
             "the bytes are not an image format we read (JPEG, PNG, WebP, HEIC, TIFF, BMP, GIF)"
         ) from error
+    except (OSError, ValueError, SyntaxError) as error:
+        # A file cut inside its header fails here already, before any pixel is read.
+        raise UndecodableImage(f"the image header is damaged or truncated: {error}") from error
 
     width, height = image.size
     if width * height > max_pixels:

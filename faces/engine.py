@@ -96,7 +96,8 @@ class FaceEngine:
         boxes, landmarks = self._detector.detect(image, input_size=DETECTION_SIZES)
         faces = [
             DetectedFace(
-                bbox=(float(x1), float(y1), float(x2), float(y2)),
+                # Boxes may reach past the frame for a face cut by its edge; report the visible part.
+                bbox=clip_box((float(x1), float(y1), float(x2), float(y2)), image.shape),
                 det_score=float(score),
                 landmarks=points,
             )

@@ -7,7 +7,7 @@ attempted: `../`, absolute paths, other URL schemes, other buckets.
 
 import asyncio
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -22,20 +22,19 @@ class PhotoSource(Protocol):
     async def close(self) -> None: ...
 
 
-def _relative_key(source: str) -> PurePosixPath:
-    """A bare key, checked to stay inside its root."""
+def _checked_key(source: str) -> str:
+    """A bare key, unchanged, after checking it cannot climb out of its root."""
     if "\x00" in source:
         raise SourceRefused(f"source {source!r} contains a NUL byte")
-    key = PurePosixPath(source)
-    if key.is_absolute() or source.startswith("\\"):
+    if source.startswith(("/", "\\")):
         raise SourceRefused(
             f"source {source!r} is an absolute path; give a key under the photo root"
         )
-    if ".." in key.parts:
+    if ".." in source.replace("\\", "/").split("/"):
         raise SourceRefused(f"source {source!r} climbs out of the photo root with '..'")
-    if not key.parts or str(key) == ".":
+    if not source.strip("/."):
         raise SourceRefused(f"source {source!r} names no file")
-    return key
+    return source
 
 
 class LocalPhotoSource:
@@ -47,9 +46,10 @@ class LocalPhotoSource:
 
     async def fetch(self, source: str) -> bytes:
         scheme = urlsplit(source).scheme
-        if scheme and len(scheme) > 1:  # one letter is a Windows drive, refused below as absolute
+        # A one-letter "scheme" is a Windows drive letter; on POSIX "C:" is just a folder name.
+        if scheme and len(scheme) > 1:
             raise SourceRefused(f"source {source!r}: the {scheme}:// scheme is not served here")
-        path = (self.root / _relative_key(source)).resolve()
+        path = (self.root / _checked_key(source)).resolve()
         if not path.is_relative_to(self.root):
             raise SourceRefused(
                 f"source {source!r} resolves outside the photo root (a symbolic link?)"
@@ -123,12 +123,14 @@ class S3PhotoSource:
                 raise SourceRefused(
                     f"source {source!r} is in bucket {parts.netloc!r}; this service reads {self.bucket!r}"
                 )
-            return str(_relative_key(parts.path.lstrip("/")))
+            # S3 keys are literal: "a//b" and "a/./b" are other objects than "a/b", so the key
+            # is everything after the bucket's slash, byte for byte.
+            return _checked_key(source[len(f"s3://{parts.netloc}/") :])
         if parts.scheme:
             raise SourceRefused(
                 f"source {source!r}: the {parts.scheme}:// scheme is not served here"
             )
-        return str(_relative_key(source))
+        return _checked_key(source)
 
     async def fetch(self, source: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -10,10 +10,7 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -27,7 +24,7 @@ from pydantic import SecretStr
 
 from schemas.events import photo_id_from_source
 from streams.client import Answer, EventClient, search_request_id, upload_event_id
-from streams.embedded import embedded_stack, read_address
+from streams.embedded import WorkerProcess, embedded_stack, read_address
 from streams.settings import Settings
 
 log = logging.getLogger("pixora_face")
@@ -464,28 +461,8 @@ def _copy_samples(folder: Path) -> Path:
 
 @contextlib.contextmanager
 def _worker_process(settings: Settings, log_file: Path) -> Iterator[Path]:
-    """A `pixora-face worker` subprocess on the given broker, database and photo root."""
-    environment = dict(os.environ)
-    environment.update(
-        KAFKA_BROKER_URL=str(settings.kafka_broker_url),
-        VECTOR_DATABASE_URL=str(settings.face_store_url),
-        PHOTO_ROOT=str(settings.photo_root),
-        PIXORA_DATA_DIR=str(settings.data_dir),
-    )
-    with log_file.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    worker = WorkerProcess.start(settings, log_file)
     try:
         yield log_file
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        worker.stop(WORKER_STOP_TIMEOUT_S)

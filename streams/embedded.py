@@ -12,11 +12,16 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +91,52 @@ class EmbeddedBroker:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=5)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class WorkerProcess:
+    """A `pixora-face worker` subprocess on the given broker, database and photo root."""
+
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    @classmethod
+    def start(cls, settings: "Settings", log_file: Path, **extra_env: str) -> "WorkerProcess":
+        environment = dict(os.environ)
+        environment.update(
+            KAFKA_BROKER_URL=str(settings.kafka_broker_url),
+            VECTOR_DATABASE_URL=str(settings.face_store_url),
+            PHOTO_ROOT=str(settings.photo_root),
+            PIXORA_DATA_DIR=str(settings.data_dir),
+            **extra_env,
+        )
+        with log_file.open("ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker"],
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return cls(process, log_file)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        stop_process(self.process, timeout_s)
 
 
 @dataclass

@@ -5,9 +5,7 @@ themselves by session id, never by mocking.
 """
 
 import csv
-import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +22,7 @@ from faces.engine import FaceEngine
 from storage.face_store import FaceStore
 from streams.app import build_engine
 from streams.client import EventClient
-from streams.embedded import EmbeddedBroker, EmbeddedDatabase
+from streams.embedded import EmbeddedBroker, EmbeddedDatabase, WorkerProcess
 from streams.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "faces"
@@ -110,51 +108,15 @@ def settings(broker: str, database: str, photo_root: Path, runtime_dir: Path) ->
     )
 
 
-@dataclass
-class WorkerProcess:
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-
 def start_worker(settings: Settings, log_file: Path, **extra_env: str) -> WorkerProcess:
-    environment = dict(os.environ)
-    environment.update(
-        KAFKA_BROKER_URL=str(settings.kafka_broker_url),
-        VECTOR_DATABASE_URL=str(settings.face_store_url),
-        PHOTO_ROOT=str(settings.photo_root),
-        PIXORA_DATA_DIR=str(settings.data_dir),
-        ONNX_THREADS="2",
-        LOG_LEVEL="INFO",
-        **extra_env,
-    )
-    with log_file.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    return WorkerProcess(process, log_file)
-
-
-def stop_worker(worker: WorkerProcess) -> None:
-    worker.process.terminate()
-    try:
-        worker.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
+    return WorkerProcess.start(settings, log_file, ONNX_THREADS="2", LOG_LEVEL="INFO", **extra_env)
 
 
 @pytest.fixture(scope="session")
 def worker(settings: Settings, runtime_dir: Path) -> Iterator[WorkerProcess]:
     running = start_worker(settings, runtime_dir / "worker.log")
     yield running
-    stop_worker(running)
+    running.stop()
     if running.process.returncode not in (0, -15):
         print(running.log()[-5000:], file=sys.stderr)
 

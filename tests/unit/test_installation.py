@@ -4,7 +4,12 @@ from importlib import metadata
 
 from faces.model_pack import bundled_pack
 
-OPENCV_DISTRIBUTIONS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+OPENCV_DISTRIBUTIONS = (
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+)
 ONNX_RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 
 

@@ -109,7 +109,9 @@ async def test_a_symlink_staying_inside_the_root_is_read(
     assert data == (FIXTURES / "obama_small.jpg").read_bytes()
 
 
-async def test_a_root_given_through_a_symlink_still_serves_its_files(tmp_path: Path, photo_root: Path) -> None:
+async def test_a_root_given_through_a_symlink_still_serves_its_files(
+    tmp_path: Path, photo_root: Path
+) -> None:
     alias = tmp_path / "alias"
     alias.symlink_to(photo_root, target_is_directory=True)
     source = LocalPhotoSource(alias, max_bytes=MAX_BYTES)
@@ -196,3 +198,18 @@ async def test_a_refused_s3_source_is_refused_before_any_connection() -> None:
 
     assert bucket._client is None
     await bucket.close()
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        ("s3://pixora-photos/sess-1//IMG_0001.JPG", "sess-1//IMG_0001.JPG"),
+        ("sess-1/./IMG.JPG", "sess-1/./IMG.JPG"),
+    ],
+)
+def test_key_of_keeps_an_s3_key_byte_for_byte(source: str, key: str) -> None:
+    bucket = bucket_source()
+
+    fetched = bucket.key_of(source)
+
+    assert fetched == key
