@@ -18,7 +18,7 @@ from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
 from agents.retrying import Backoff, retry_transient
 from faces.decoding import decode_image
 from faces.engine import FaceEngine, PhotoFaces
-from schemas.errors import PixoraError, SessionFull
+from schemas.errors import PixoraError, SessionFull, StorageRejected
 from schemas.events import FaceFound, PhotoIndexed, PhotoUploaded
 from storage.face_store import FaceStore, IndexedPhoto, PhotoRecord, StoredFace
 from storage.photo_source import PhotoSource
@@ -204,9 +204,15 @@ class PhotoIndexer:
                     faces_dropped=item.faces.dropped,
                 )
             )
-        await retry_transient(
-            lambda: self.store.save(photos), f"saving a batch of {len(photos)} photos", self.backoff
-        )
+        try:
+            await retry_transient(
+                partial(self.store.save, photos), f"saving a batch of {len(photos)} photos", self.backoff
+            )
+        except StorageRejected as error:
+            # One photo's rows broke a rule of the database; save the others one by one so
+            # the bad one is dead-lettered alone instead of holding back its whole batch.
+            log.warning("batch of %d photos refused (%s); saving them one by one", len(photos), error)
+            analyzed = await self._save_one_by_one(analyzed, photos)
 
         for item in analyzed:
             assert item.upload is not None and item.faces is not None
@@ -221,6 +227,17 @@ class PhotoIndexer:
             item.outcome = self._indexed(
                 item.upload, faces, item.faces.dropped, item.took_ms(), replayed=False
             )
+
+    async def _save_one_by_one(self, analyzed: list[_Work], photos: list[IndexedPhoto]) -> list[_Work]:
+        saved = []
+        for item, photo in zip(analyzed, photos, strict=True):
+            try:
+                await retry_transient(partial(self.store.save, [photo]), f"saving photo {photo.photo_id!r}", self.backoff)
+            except StorageRejected as error:
+                item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+                continue
+            saved.append(item)
+        return saved
 
     def _replayed(self, upload: PhotoUploaded, record: PhotoRecord, took_ms: float) -> Publication:
         faces = [

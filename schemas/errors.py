@@ -64,6 +64,12 @@ class ModelUnavailable(PixoraError):
     code = "model_unavailable"
 
 
+class StorageRejected(PixoraError):
+    """The face database refused the rows themselves (a constraint, a malformed value)."""
+
+    code = "storage_rejected"
+
+
 class SourceUnavailable(PixoraError):
     """The photo store did not answer (timeout, 5xx, connection lost)."""
 

@@ -13,7 +13,7 @@ import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 
-from schemas.errors import StorageUnavailable
+from schemas.errors import StorageRejected, StorageUnavailable
 from storage.migrations import apply_migrations
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,15 @@ class FaceStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def embedding_dimension(self) -> int:
+        """The dimension of the faces.embedding column, as the migrations created it."""
+        async with unavailable_as_retriable("reading the schema"):
+            dimension: int = await self._pool.fetchval(
+                """SELECT atttypmod FROM pg_attribute
+                   WHERE attrelid = 'faces'::regclass AND attname = 'embedding'"""
+            )
+        return dimension
 
     async def known_photos(
         self, session_id: str, photo_ids: Sequence[str]

@@ -34,11 +34,42 @@ SEARCH_BATCH_SIZE = 4
 SEARCH_BATCH_WINDOW_S = 0.01
 
 
-class WorkerResources:
-    """The face engine, the store and the photo source, opened once per worker on first use."""
+class StartupRefused(Exception):
+    """The worker's configuration cannot work; it stops before consuming anything."""
 
-    def __init__(self, settings: Settings) -> None:
+
+async def preflight(settings: Settings) -> FaceEngine:
+    """Load the models and check them against the face store, before any event is consumed.
+
+    A mismatch found later, inside an agent, would only crash that agent and leave the
+    worker up but idle; here it stops the worker with the reason.
+    """
+    engine = await asyncio.to_thread(build_engine, settings)
+    if engine.dimension != settings.embedding_dimension:
+        raise StartupRefused(
+            f"model {engine.model} embeds in {engine.dimension} dimensions, "
+            f"EMBEDDING_DIMENSION is {settings.embedding_dimension}"
+        )
+    assert settings.face_store_url is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
+    store = await _open_store(settings.face_store_url)
+    try:
+        stored_dimension = await store.embedding_dimension()
+    finally:
+        await store.close()
+    if stored_dimension != engine.dimension:
+        raise StartupRefused(
+            f"the face store holds {stored_dimension}-dimensional embeddings, "
+            f"model {engine.model} makes {engine.dimension}: add a migration first"
+        )
+    return engine
+
+
+class WorkerResources:
+    """The store and the photo source, opened once per worker on first use by an agent."""
+
+    def __init__(self, settings: Settings, engine: FaceEngine) -> None:
         self.settings = settings
+        self.engine = engine
         self._lock = asyncio.Lock()
         self._ready: tuple[PhotoIndexer, SelfieSearcher] | None = None
         self._store: FaceStore | None = None
@@ -54,15 +85,7 @@ class WorkerResources:
             return self._ready
 
     async def _open(self) -> tuple[PhotoIndexer, SelfieSearcher]:
-        settings = self.settings
-        engine = await asyncio.get_running_loop().run_in_executor(
-            self._executor, build_engine, settings
-        )
-        if engine.dimension != settings.embedding_dimension:
-            raise RuntimeError(
-                f"model {engine.model} embeds in {engine.dimension} dimensions, "
-                f"EMBEDDING_DIMENSION is {settings.embedding_dimension}"
-            )
+        settings, engine = self.settings, self.engine
         assert settings.face_store_url is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
         self._store = await _open_store(settings.face_store_url)
         self._source = build_photo_source(settings)
@@ -138,7 +161,7 @@ def build_photo_source(settings: Settings) -> PhotoSource:
     return LocalPhotoSource(settings.photo_root, settings.max_image_bytes)
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
     assert settings.kafka_broker_url is not None, "the embedded runtime sets KAFKA_BROKER_URL"
     app = faust.App(
         settings.kafka_group_id,
@@ -156,7 +179,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     names = TopicNames.from_settings(settings)
     topic = _declare(app, settings)
-    resources = WorkerResources(settings)
+    resources = WorkerResources(settings, engine)
     targets = {
         "photo_indexed": topic(names.photo_indexed),
         "dead_letter": topic(names.photo_uploaded_dlq),

@@ -136,12 +136,16 @@ def _with_address(settings: Settings, broker_url: str, database_url: str) -> Set
 def _run_faust_worker(settings: Settings) -> None:
     import faust
 
-    from streams.app import create_app
+    from streams.app import StartupRefused, create_app, preflight
     from streams.topics import ensure_topics
 
+    try:
+        engine = asyncio.run(preflight(settings))
+    except StartupRefused as error:
+        raise CommandError(f"worker not started: {error}") from error
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    app = create_app(settings, engine)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
