@@ -19,7 +19,7 @@ class IncomingEvent:
 class Publication:
     """One event to publish: its topic (by role, resolved to a name by the stream app), key and body."""
 
-    role: str  # "photo_indexed", "dead_letter", "search_results"
+    role: str  # "photo_indexed", "dead_letter", "search_results", "search_dead_letter"
     key: str | None
     value: bytes
 

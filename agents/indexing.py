@@ -206,12 +206,16 @@ class PhotoIndexer:
             )
         try:
             await retry_transient(
-                partial(self.store.save, photos), f"saving a batch of {len(photos)} photos", self.backoff
+                partial(self.store.save, photos),
+                f"saving a batch of {len(photos)} photos",
+                self.backoff,
             )
         except StorageRejected as error:
             # One photo's rows broke a rule of the database; save the others one by one so
             # the bad one is dead-lettered alone instead of holding back its whole batch.
-            log.warning("batch of %d photos refused (%s); saving them one by one", len(photos), error)
+            log.warning(
+                "batch of %d photos refused (%s); saving them one by one", len(photos), error
+            )
             analyzed = await self._save_one_by_one(analyzed, photos)
 
         for item in analyzed:
@@ -228,13 +232,21 @@ class PhotoIndexer:
                 item.upload, faces, item.faces.dropped, item.took_ms(), replayed=False
             )
 
-    async def _save_one_by_one(self, analyzed: list[_Work], photos: list[IndexedPhoto]) -> list[_Work]:
+    async def _save_one_by_one(
+        self, analyzed: list[_Work], photos: list[IndexedPhoto]
+    ) -> list[_Work]:
         saved = []
         for item, photo in zip(analyzed, photos, strict=True):
             try:
-                await retry_transient(partial(self.store.save, [photo]), f"saving photo {photo.photo_id!r}", self.backoff)
+                await retry_transient(
+                    partial(self.store.save, [photo]),
+                    f"saving photo {photo.photo_id!r}",
+                    self.backoff,
+                )
             except StorageRejected as error:
-                item.outcome = Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+                item.outcome = Publication(
+                    "dead_letter", None, dead_letter(item.event, error, 1).to_json()
+                )
                 continue
             saved.append(item)
         return saved

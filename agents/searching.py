@@ -12,8 +12,9 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
-from agents.events import IncomingEvent, Publication, rounded_box
+from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
 from agents.retrying import Backoff, retry_transient
 from faces.decoding import decode_image
 from faces.engine import EmbeddedFace, FaceEngine
@@ -56,9 +57,15 @@ class SelfieSearcher:
         self.policy = policy
         self.backoff = backoff
 
-    async def answer(self, event: IncomingEvent) -> Publication:
+    async def answer(self, event: IncomingEvent) -> list[Publication]:
+        """The search-results event for one request; also a dead letter when it cannot be answered.
+
+        A request too broken to name its request_id gets an `invalid_request` answer nobody can
+        match, so it is dead-lettered as well, where an operator sees the original.
+        """
         started = time.perf_counter()
         request: SearchRequested | None = None
+        unanswerable: PixoraError | None = None
         try:
             request = SearchRequested.parse(event.value)
             self._check_limit(request)
@@ -66,6 +73,8 @@ class SelfieSearcher:
         except PixoraError as error:
             status: SearchStatus = "error" if error.retriable else "invalid_request"
             results = self._failure(event, request, status, str(error), started)
+            if not results.request_id:
+                unanswerable = error
         except Exception as error:
             log.exception("unexpected error answering search at offset %d", event.offset)
             results = self._failure(
@@ -83,7 +92,11 @@ class SelfieSearcher:
             len(results.matches),
             results.took_ms,
         )
-        return Publication("search_results", results.session_id or None, results.to_json())
+        answer = Publication("search_results", results.session_id or None, results.to_json())
+        if unanswerable is None:
+            return [answer]
+        letter = dead_letter(event, unanswerable, 1)
+        return [answer, Publication("search_dead_letter", None, letter.to_json())]
 
     def _check_limit(self, request: SearchRequested) -> None:
         if request.limit is not None and request.limit > self.policy.max_limit:
@@ -138,17 +151,20 @@ class SelfieSearcher:
     async def _selfie_bytes(self, request: SearchRequested) -> bytes:
         cap = self.policy.max_selfie_bytes
         if request.image_b64 is not None:
-            # Base64 carries 3 bytes in 4 characters: refuse an oversized selfie before decoding it.
+            # Base64 carries 3 bytes in 4 characters: a text this long cannot fit the cap, so it
+            # is refused before any of it is decoded.
             if len(request.image_b64) > (cap * 4) // 3 + 4:
                 raise ImageTooLarge(f"image_b64 holds more than MAX_SELFIE_BYTES={cap} bytes")
             try:
-                return base64.b64decode(request.image_b64, validate=True)
+                data = base64.b64decode(request.image_b64, validate=True)
             except (binascii.Error, ValueError) as error:
                 raise InvalidEvent(f"image_b64 is not valid base64: {error}") from error
-        assert request.source is not None
-        data = await retry_transient(
-            lambda: self.source.fetch(request.source or ""), "fetching the selfie", self.backoff
-        )
+        else:
+            assert request.source is not None
+            source = request.source
+            data = await retry_transient(
+                partial(self.source.fetch, source), "fetching the selfie", self.backoff
+            )
         if len(data) > cap:
             raise ImageTooLarge(f"the selfie is {len(data)} bytes, over MAX_SELFIE_BYTES={cap}")
         return data

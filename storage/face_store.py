@@ -13,7 +13,7 @@ import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 
-from schemas.errors import StorageRejected, StorageUnavailable
+from schemas.errors import StorageUnavailable
 from storage.migrations import apply_migrations
 
 log = logging.getLogger(__name__)

@@ -184,6 +184,7 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         "photo_indexed": topic(names.photo_indexed),
         "dead_letter": topic(names.photo_uploaded_dlq),
         "search_results": topic(names.search_results),
+        "search_dead_letter": topic(names.search_requested_dlq),
     }
 
     async def publish(publications: Sequence[Publication]) -> None:
@@ -216,7 +217,7 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
             for event in events:
                 request = _incoming(event)
                 await _until_done(
-                    partial(_answer_one, searcher, request),
+                    partial(searcher.answer, request),
                     publish,
                     f"search at offset {request.offset}",
                 )
@@ -224,10 +225,6 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
 
     app.pixora_resources = resources  # type: ignore[attr-defined]
     return app
-
-
-async def _answer_one(searcher: SelfieSearcher, request: IncomingEvent) -> list[Publication]:
-    return [await searcher.answer(request)]
 
 
 async def _until_done(work: Any, publish: Any, what: str) -> None:

@@ -45,6 +45,7 @@ class EventClient:
             self.topics.photo_indexed,
             self.topics.photo_uploaded_dlq,
             self.topics.search_results,
+            self.topics.search_requested_dlq,
         ]
         partitions = [
             TopicPartition(topic, partition)

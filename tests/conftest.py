@@ -26,6 +26,9 @@ from streams.embedded import EmbeddedBroker, EmbeddedDatabase, WorkerProcess
 from streams.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "faces"
+# The shared worker's limits, low enough for a test to reach them; every other test stays below.
+SESSION_PHOTO_LIMIT = 30
+SELFIE_BYTE_LIMIT = 200_000
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,12 @@ def start_worker(settings: Settings, log_file: Path, **extra_env: str) -> Worker
 
 @pytest.fixture(scope="session")
 def worker(settings: Settings, runtime_dir: Path) -> Iterator[WorkerProcess]:
-    running = start_worker(settings, runtime_dir / "worker.log")
+    running = start_worker(
+        settings,
+        runtime_dir / "worker.log",
+        MAX_PHOTOS_PER_SESSION=str(SESSION_PHOTO_LIMIT),
+        MAX_SELFIE_BYTES=str(SELFIE_BYTE_LIMIT),
+    )
     yield running
     running.stop()
     if running.process.returncode not in (0, -15):

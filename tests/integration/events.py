@@ -39,14 +39,16 @@ async def index(client: EventClient, events: list[dict[str, Any]]) -> dict[str, 
 
 
 async def search(
-    client: EventClient, session_id: str, selfie: bytes, **fields: Any
+    client: EventClient, session_id: str, selfie: bytes | None, **fields: Any
 ) -> dict[str, Any]:
+    """Publish a search (the selfie inline unless None) and return its search-results event."""
     request: dict[str, Any] = {
         "schema_version": 1,
         "request_id": str(uuid.uuid4()),
         "session_id": session_id,
-        "image_b64": base64.b64encode(selfie).decode(),
     }
+    if selfie is not None:
+        request["image_b64"] = base64.b64encode(selfie).decode()
     request.update(fields)
     await client.publish(client.topics.search_requested, session_id, request)
     found = await client.answers(
