@@ -31,7 +31,7 @@ UNEXPECTED_ERROR_ATTEMPTS = 3
 
 
 # Indexing waits as long as it takes: a photo is never skipped because a dependency was down.
-INDEXING_BACKOFF = Backoff()
+INDEXING_BACKOFF = Backoff(max_delay_s=10.0)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from schemas.errors import PixoraError
 from schemas.events import photo_id_from_source
 from streams.client import Answer, EventClient, search_request_id, upload_event_id
 from streams.embedded import WorkerProcess, embedded_stack, read_address
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"pixora-face: {error}", file=sys.stderr)
         return 2
+    except PixoraError as error:
+        print(f"pixora-face: {error}", file=sys.stderr)
+        return 1
 
 
 class CommandError(Exception):

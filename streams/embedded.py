@@ -117,9 +117,16 @@ class WorkerProcess:
         environment = dict(os.environ)
         environment.update(
             KAFKA_BROKER_URL=str(settings.kafka_broker_url),
+            KAFKA_GROUP_ID=settings.kafka_group_id,
             VECTOR_DATABASE_URL=str(settings.face_store_url),
             PHOTO_ROOT=str(settings.photo_root),
             PIXORA_DATA_DIR=str(settings.data_dir),
+            TOPIC_PHOTO_UPLOADED=settings.topic_photo_uploaded,
+            TOPIC_PHOTO_DELETED=settings.topic_photo_deleted,
+            TOPIC_SESSION_DELETED=settings.topic_session_deleted,
+            TOPIC_SEARCH_REQUESTED=settings.topic_search_requested,
+            TOPIC_SEARCH_RESULTS=settings.topic_search_results,
+            TOPIC_PHOTO_INDEXED=settings.topic_photo_indexed,
             **extra_env,
         )
         with log_file.open("ab") as output:
