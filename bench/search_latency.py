@@ -258,7 +258,7 @@ async def measure(arguments: argparse.Namespace) -> None:
             for session, faces in targets.items():
                 vectors = samples[session]
 
-                def selfie(i: int) -> np.ndarray:
+                def selfie(i: int, vectors: np.ndarray = vectors) -> np.ndarray:
                     noisy = vectors[i % len(vectors)] + rng.normal(0, 0.02, DIMENSION).astype(
                         np.float32
                     )
