@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from schemas.errors import PixoraError
-from schemas.events import DeadLetter, peek_field
+from schemas.events import DeadLetter, peek_field, printable
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,15 @@ class Publication:
 
 def dead_letter(event: IncomingEvent, error: PixoraError | Exception, attempts: int) -> DeadLetter:
     code = error.code if isinstance(error, PixoraError) else "internal_error"
-    reason = str(error) if isinstance(error, PixoraError) else f"{type(error).__name__}: {error}"
+    reason = printable(
+        str(error) if isinstance(error, PixoraError) else f"{type(error).__name__}: {error}"
+    )
     return DeadLetter(
         topic=event.topic,
         partition=event.partition,
         offset=event.offset,
-        key=event.key.decode("utf-8", "replace") if event.key is not None else None,
-        original=event.value.decode("utf-8", "replace"),
+        key=printable(event.key.decode("utf-8", "replace")) if event.key is not None else None,
+        original=printable(event.value.decode("utf-8", "replace")),
         reason=reason,
         error_code=code,
         attempts=attempts,

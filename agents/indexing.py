@@ -115,41 +115,54 @@ class PhotoIndexer:
             sessions.setdefault(item.upload.session_id, []).append(item)
 
         for session_id, items in sessions.items():
-            photo_ids = [item.upload.photo for item in items if item.upload]
-            known = await retry_transient(
-                partial(self.store.known_photos, session_id, photo_ids),
-                "reading known photos",
-                self.backoff,
-            )
-            count = await retry_transient(
-                partial(self.store.photo_count, session_id), "counting photos", self.backoff
-            )
-            # Within one batch a photo uploaded twice is indexed once, from its last event.
-            last_event_of = {item.upload.photo: item for item in items if item.upload}
-            admitted: set[str] = set(known)
-            for item in items:
-                assert item.upload is not None
-                photo_id = item.upload.photo
-                record = known.get(photo_id)
-                if (
-                    record is not None
-                    and record.source == item.upload.source
-                    and record.model == self.engine.model
-                ):
-                    item.outcome = self._replayed(item.upload, record, item.took_ms())
-                elif last_event_of[photo_id] is not item:
-                    item.superseded_by = last_event_of[photo_id]
-                elif photo_id not in admitted and count >= self.limits.max_photos_per_session:
-                    error = SessionFull(
-                        f"session {session_id!r} already holds {count} photos, "
-                        f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
-                    )
+            try:
+                await self._triage_session(session_id, items)
+            except StorageRejected as error:
+                # The database refuses even to look these ids up: no retry can help them.
+                for item in items:
                     item.outcome = Publication(
                         "dead_letter", None, dead_letter(item.event, error, 1).to_json()
                     )
-                elif photo_id not in admitted:
-                    admitted.add(photo_id)
-                    count += 1
+
+    async def _triage_session(self, session_id: str, items: list[_Work]) -> None:
+        """Answer replays from the store, fold duplicates, refuse photos over the session limit."""
+        photo_ids = [item.upload.photo for item in items if item.upload]
+        known = await retry_transient(
+            partial(self.store.known_photos, session_id, photo_ids),
+            "reading known photos",
+            self.backoff,
+        )
+        count = await retry_transient(
+            partial(self.store.photo_count, session_id), "counting photos", self.backoff
+        )
+        # Within one batch a photo uploaded twice is indexed once, from its last event.
+        last_event_of = {item.upload.photo: item for item in items if item.upload}
+        admitted: set[str] = set(known)
+        for item in items:
+            assert item.upload is not None
+            photo_id = item.upload.photo
+            record = known.get(photo_id)
+            # The same event again (a redelivery or a replayed topic) with the same model is
+            # answered from the store; a new upload of the same photo is indexed afresh.
+            if (
+                record is not None
+                and record.event_id == item.upload.event_id
+                and record.model == self.engine.model
+            ):
+                item.outcome = self._replayed(item.upload, record, item.took_ms())
+            elif last_event_of[photo_id] is not item:
+                item.superseded_by = last_event_of[photo_id]
+            elif photo_id not in admitted and count >= self.limits.max_photos_per_session:
+                error = SessionFull(
+                    f"session {session_id!r} already holds {count} photos, "
+                    f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
+                )
+                item.outcome = Publication(
+                    "dead_letter", None, dead_letter(item.event, error, 1).to_json()
+                )
+            elif photo_id not in admitted:
+                admitted.add(photo_id)
+                count += 1
 
     async def _analyze(self, item: _Work) -> None:
         assert item.upload is not None

@@ -10,16 +10,32 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import InvalidEvent
 
 SCHEMA_VERSION: Literal[1] = 1
 
+
 # Ids end up in log lines, topic keys and primary keys; 200 characters covers UUIDs, ULIDs and
 # human-readable slugs with room to spare while keeping a crafted id from bloating every row.
-Identifier = Annotated[str, Field(min_length=1, max_length=200)]
-Source = Annotated[str, Field(min_length=1, max_length=1024)]
+def _storable(text: str) -> str:
+    # JSON can carry a NUL or half of a surrogate pair ("\\udcff"); neither survives UTF-8 or
+    # PostgreSQL text, so such an id would fail later at the database, where it could not even
+    # be dead-lettered. Refuse it here, where the reason can be given.
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"must be valid Unicode text ({error.reason} at position {error.start})"
+        ) from None
+    return text
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
+Source = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_storable)]
 BoundingBox = tuple[float, float, float, float]
 
 
@@ -180,4 +196,11 @@ def peek_field(raw: bytes, name: str) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     value = document.get(name) if isinstance(document, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    return printable(value)
+
+
+def printable(text: str) -> str:
+    """Text that any UTF-8 consumer can take: lone surrogates and NULs replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")

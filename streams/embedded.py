@@ -7,9 +7,12 @@ commands (`pixora-face index`, `search`) find the worker's broker and database.
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -26,6 +29,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BROKER_START_TIMEOUT_S = 15.0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies, even by kill -9."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+# A Ctrl-C in the terminal reaches the whole process group; our children get their own session
+# so that only we see it and stop them in order, and they die with us if we are killed.
+CHILD_OF_THIS_PROCESS: dict[str, Any] = (
+    {"start_new_session": True, "preexec_fn": _die_with_parent} if sys.platform == "linux" else {}
+)
 
 
 def free_loopback_port() -> int:
@@ -66,6 +84,7 @@ class EmbeddedBroker:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                **CHILD_OF_THIS_PROCESS,
             )
         broker = cls(process, port)
         broker._wait_until_listening(log_file)
@@ -136,6 +155,7 @@ class WorkerProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                **CHILD_OF_THIS_PROCESS,
             )
         return cls(process, log_file)
 
@@ -182,9 +202,22 @@ def read_address(data_dir: Path) -> StackAddress | None:
     """The running embedded stack's address, if a worker on this data folder published one."""
     try:
         document = json.loads(address_file(data_dir).read_text())
-        return StackAddress(document["broker_url"], document["database_url"])
-    except (OSError, ValueError, KeyError):
+        owner, address = (
+            int(document["pid"]),
+            StackAddress(document["broker_url"], document["database_url"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        log.warning(
+            "ignoring %s: the worker that wrote it (pid %d) is gone", address_file(data_dir), owner
+        )
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return address
 
 
 @contextlib.contextmanager

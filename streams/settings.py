@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_s: float = Field(default=6.0, gt=0)
     kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     kafka_rebalance_timeout_s: float = Field(default=3.0, gt=0)
+    # An inline selfie of MAX_SELFIE_BYTES is 4/3 as large in base64, and a dead letter carries
+    # the whole original: 16 MiB holds both. The broker must accept as much (message.max.bytes).
+    kafka_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
 
     # Matching.
     face_similarity_threshold: float = Field(default=0.30, ge=-1.0, le=1.0)

@@ -137,12 +137,16 @@ async def test_two_workers_and_a_rebalance_in_the_middle_of_500_uploads_index_ea
     try:
         async with EventClient(own) as client:
             await publish(client, events)
-            await wait_for(lambda: _indexed_at_least(store, sessions, 125), 180, "a quarter of the photos")
+            await wait_for(
+                lambda: _indexed_at_least(store, sessions, 125), 180, "a quarter of the photos"
+            )
             second = start_worker(own, tmp_path / "second.log", ONNX_THREADS="1")
             await wait_for(lambda: _indexed_at_least(store, sessions, 500), 400, "all 500 photos")
         await asyncio.sleep(2)
         for session in sessions:
-            await assert_indexed_exactly_once(store, session, [e for e in events if e["session_id"] == session], faces)
+            await assert_indexed_exactly_once(
+                store, session, [e for e in events if e["session_id"] == session], faces
+            )
         assert "indexed topic=" in second.log(), "the second worker never took over a partition"
     finally:
         first.stop()
