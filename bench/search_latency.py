@@ -243,7 +243,7 @@ async def measure(arguments: argparse.Namespace) -> None:
         captured: list[str] = []
 
         def log_query(record: Any) -> None:
-            if "embedding <=>" in record.query and not record.query.startswith("EXPLAIN"):
+            if "DISTINCT ON (photo_id)" in record.query and not record.query.startswith("EXPLAIN"):
                 captured.append(record.query)
 
         async def init(conn: Any) -> None:

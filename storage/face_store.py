@@ -210,17 +210,25 @@ class FaceStore:
         """The session's photos whose best face reaches the threshold, best first.
 
         Exact: every face of the session is compared, through the primary key's session range.
+        Embeddings are stored unit-length, so the cosine similarity is the inner product: the
+        negated `<#>`, a third of the arithmetic of `1 - (a <=> b)` with the same value to
+        float32 precision. Faces under the threshold are dropped before the per-photo
+        de-duplication, so only the matches are sorted; OFFSET 0 keeps the planner from
+        computing each similarity twice.
         """
         async with unavailable_as_retriable("searching"):
             rows = await self._pool.fetch(
                 """SELECT photo_id, similarity, bbox FROM (
-                       SELECT DISTINCT ON (photo_id)
-                              photo_id, 1 - (embedding <=> $3) AS similarity, bbox
-                       FROM faces
-                       WHERE session_id = $1 AND model = $2
-                       ORDER BY photo_id, embedding <=> $3, face_index
+                       SELECT DISTINCT ON (photo_id) photo_id, similarity, bbox
+                       FROM (
+                           SELECT photo_id, face_index, bbox, -(embedding <#> $3) AS similarity
+                           FROM faces
+                           WHERE session_id = $1 AND model = $2
+                           OFFSET 0
+                       ) scored
+                       WHERE similarity >= $4
+                       ORDER BY photo_id, similarity DESC, face_index
                    ) best
-                   WHERE similarity >= $4
                    ORDER BY similarity DESC, photo_id
                    LIMIT $5""",
                 session_id,

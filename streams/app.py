@@ -26,6 +26,7 @@ from storage.face_store import FaceStore
 from storage.photo_source import LocalPhotoSource, PhotoSource, S3PhotoSource
 from streams.settings import Settings
 from streams.topics import TopicNames
+from streams.transport import PixoraApp
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,9 @@ def build_photo_source(settings: Settings) -> PhotoSource:
 
 def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
     assert settings.kafka_broker_url is not None, "the embedded runtime sets KAFKA_BROKER_URL"
-    app = faust.App(
+    app = PixoraApp(
         settings.kafka_group_id,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         broker=settings.kafka_broker_url,
         store="memory://",
         web_enabled=False,

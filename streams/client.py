@@ -38,6 +38,7 @@ class EventClient:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.broker_bootstrap,
             enable_auto_commit=False,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             auto_offset_reset="earliest",
         )
 
