@@ -16,7 +16,7 @@ from functools import partial
 
 from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
 from agents.retrying import Backoff, retry_transient
-from faces.decoding import decode_image
+from faces.decoding import EncodedPhoto
 from faces.engine import FaceEngine, PhotoFaces
 from schemas.errors import PixoraError, SessionFull, StorageRejected
 from schemas.events import FaceFound, PhotoIndexed, PhotoUploaded
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # An error we did not foresee (a bug, a model crash on one odd image) is retried this many
 # times before the photo is dead-lettered, so one poison photo cannot stall its partition.
 UNEXPECTED_ERROR_ATTEMPTS = 3
+FETCH_CONCURRENCY = 4
 
 
 # Indexing waits as long as it takes: a photo is never skipped because a dependency was down.
@@ -76,6 +77,8 @@ class PhotoIndexer:
         self.executor = executor
         self.limits = limits
         self.backoff = backoff
+        # At most this many photos in flight from the store at once, whatever the batch size.
+        self._fetching = asyncio.Semaphore(FETCH_CONCURRENCY)
 
     async def index_batch(self, events: Sequence[IncomingEvent]) -> list[Publication]:
         """Index a batch; return one publication per event, in event order."""
@@ -87,8 +90,16 @@ class PhotoIndexer:
         await self._skip_known_and_enforce_limits(pending)
         pending = [item for item in pending if item.superseded_by is None]
 
-        for item in (item for item in pending if item.outcome is None):
-            await self._analyze(item)
+        to_analyze = [item for item in pending if item.outcome is None]
+        # Every photo of the batch is fetched at once, so S3 round trips overlap each other and
+        # the inference of the photos ahead of them; inference itself runs one photo at a time.
+        fetches = [asyncio.ensure_future(self._fetch(item)) for item in to_analyze]
+        try:
+            for item, fetch in zip(to_analyze, fetches, strict=True):
+                await self._analyze(item, fetch)
+        finally:
+            for fetch in fetches:
+                fetch.cancel()
 
         await self._save(
             [item for item in pending if item.outcome is None and item.faces is not None]
@@ -164,17 +175,20 @@ class PhotoIndexer:
                 admitted.add(photo_id)
                 count += 1
 
-    async def _analyze(self, item: _Work) -> None:
+    async def _fetch(self, item: _Work) -> bytes:
         assert item.upload is not None
-        upload = item.upload
+        source = item.upload.source
+        async with self._fetching:
+            return await retry_transient(
+                partial(self.source.fetch, source), f"fetching {source!r}", self.backoff
+            )
+
+    async def _analyze(self, item: _Work, fetch: "asyncio.Future[bytes]") -> None:
+        assert item.upload is not None
         started = time.perf_counter()
         for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
             try:
-                data = await retry_transient(
-                    lambda: self.source.fetch(upload.source),
-                    f"fetching {upload.source!r}",
-                    self.backoff,
-                )
+                data = await (fetch if attempt == 1 else self._fetch(item))
                 loop = asyncio.get_running_loop()
                 item.faces = await loop.run_in_executor(self.executor, self._faces_of, data)
                 item.work_ms = (time.perf_counter() - started) * 1000
@@ -186,7 +200,7 @@ class PhotoIndexer:
                 return
             except Exception as error:
                 log.exception(
-                    "unexpected error indexing photo %r (attempt %d)", upload.photo, attempt
+                    "unexpected error indexing photo %r (attempt %d)", item.upload.photo, attempt
                 )
                 if attempt == UNEXPECTED_ERROR_ATTEMPTS:
                     item.outcome = Publication(
@@ -194,10 +208,10 @@ class PhotoIndexer:
                     )
 
     def _faces_of(self, data: bytes) -> PhotoFaces:
-        image = decode_image(
+        photo = EncodedPhoto(
             data, max_pixels=self.limits.max_image_pixels, min_side_px=self.limits.min_image_side_px
         )
-        return self.engine.index_photo(image)
+        return self.engine.index_encoded(photo)
 
     async def _save(self, analyzed: list[_Work]) -> None:
         photos = []

@@ -16,7 +16,7 @@ from functools import partial
 
 from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
 from agents.retrying import Backoff, retry_transient
-from faces.decoding import decode_image
+from faces.decoding import EncodedPhoto
 from faces.engine import EmbeddedFace, FaceEngine
 from schemas.errors import ImageTooLarge, InvalidEvent, PixoraError
 from schemas.events import PhotoMatch, SearchRequested, SearchResults, SearchStatus, peek_field
@@ -170,10 +170,10 @@ class SelfieSearcher:
         return data
 
     def _selfie_face(self, data: bytes) -> EmbeddedFace | None:
-        image = decode_image(
+        photo = EncodedPhoto(
             data, max_pixels=self.policy.max_image_pixels, min_side_px=self.policy.min_image_side_px
         )
-        return self.engine.selfie_face(image)
+        return self.engine.selfie_encoded(photo)
 
     def _failure(
         self,

@@ -8,7 +8,9 @@ nothing.
 
 import io
 import warnings
+from math import ceil
 
+import cv2
 import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,13 +24,61 @@ Image.MAX_IMAGE_PIXELS = None
 WHITE = (255, 255, 255)
 
 
-def decode_image(data: bytes, *, max_pixels: int, min_side_px: int) -> np.ndarray:
-    """Decode one image to an upright HxWx3 uint8 BGR array, or raise why not."""
+class EncodedPhoto:
+    """An image whose header has been read and checked against the limits; pixels on demand.
+
+    JPEGs can be decoded at 1/2, 1/4 or 1/8 of their size straight from the compressed data
+    (Pillow's draft mode), several times faster than a full decode and with a fraction of the
+    memory: detection only ever looks at 640 pixels, so most of a 24 MP frame is never needed.
+    """
+
+    def __init__(self, data: bytes, *, max_pixels: int, min_side_px: int) -> None:
+        self.data = data
+        width, height = _open(data).size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"the image is {width}x{height} = {width * height} pixels, "
+                f"over the limit of {max_pixels} (MAX_IMAGE_PIXELS)"
+            )
+        if min(width, height) < min_side_px:
+            raise ImageTooSmall(
+                f"the image is {width}x{height} pixels; a side under {min_side_px} px holds no face worth matching"
+            )
+        self.long_side = max(width, height)
+
+    def decode(self, long_side_px: int | None = None) -> tuple[np.ndarray, float]:
+        """Upright BGR pixels with a long side of at least `long_side_px` (None: full size),
+        and their scale against the full image (1.0, 0.5, 0.25 or 0.125)."""
+        image = _open(self.data)
+        try:
+            image.seek(0)  # animated WebP and GIF: the first frame
+            if (
+                long_side_px is not None
+                and image.format == "JPEG"
+                and long_side_px < self.long_side
+            ):
+                fraction = long_side_px / self.long_side
+                image.draft("RGB", (ceil(image.width * fraction), ceil(image.height * fraction)))
+            image.load()
+            scale = max(image.size) / self.long_side
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore"
+                )  # a malformed EXIF block is not worth refusing a photo
+                # In place: an upright photo (most of them) is not copied for nothing.
+                ImageOps.exif_transpose(image, in_place=True)
+            rgb = _to_rgb(image)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise UndecodableImage(f"the image is damaged or truncated: {error}") from error
+        # One pass from Pillow's RGB buffer to the BGR array the models take.
+        return cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR), scale
+
+
+def _open(data: bytes) -> Image.Image:
     if not data:
         raise UndecodableImage("the image is empty (0 bytes)")
-
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as error:
         raise UndecodableImage(
             "the bytes are not an image format we read (JPEG, PNG, WebP, HEIC, TIFF, BMP, GIF)"
@@ -37,28 +87,11 @@ def decode_image(data: bytes, *, max_pixels: int, min_side_px: int) -> np.ndarra
         # A file cut inside its header fails here already, before any pixel is read.
         raise UndecodableImage(f"the image header is damaged or truncated: {error}") from error
 
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels, "
-            f"over the limit of {max_pixels} (MAX_IMAGE_PIXELS)"
-        )
-    if min(width, height) < min_side_px:
-        raise ImageTooSmall(
-            f"the image is {width}x{height} pixels; a side under {min_side_px} px holds no face worth matching"
-        )
 
-    try:
-        image.seek(0)  # animated WebP and GIF: the first frame
-        image.load()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a malformed EXIF block is not worth refusing a photo
-            image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise UndecodableImage(f"the image is damaged or truncated: {error}") from error
-
-    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+def decode_image(data: bytes, *, max_pixels: int, min_side_px: int) -> np.ndarray:
+    """Decode one image at full size to an upright HxWx3 uint8 BGR array, or raise why not."""
+    pixels, _ = EncodedPhoto(data, max_pixels=max_pixels, min_side_px=min_side_px).decode()
+    return pixels
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -70,7 +103,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _scale_to_8_bit(image: Image.Image) -> Image.Image:

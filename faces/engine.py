@@ -8,6 +8,7 @@ one place. Every method here is blocking and is meant to run in a worker thread.
 import logging
 import warnings
 from dataclasses import dataclass, field
+from math import ceil
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
 
+from faces.decoding import EncodedPhoto
 from faces.model_pack import ModelPack
 from faces.runtime import OnnxRuntime
 
@@ -28,6 +30,14 @@ DETECTION_SIZES = [(128, 128), (640, 640)]
 # A selfie with no face found is retried on a canvas with this much border on every side
 # (as a fraction of the longer side): a chin or forehead cut by the frame then fits an anchor.
 SELFIE_PADDING = 0.25
+# Large JPEGs are decoded at a reduced size with a long side of at least this: 12 and 24 MP
+# photos decode at half size (a 24 MP JPEG in 82 ms instead of 253 ms), still three times what
+# the 640 px detector looks at, so detection finds the same faces.
+DETECTION_DECODE_LONG_SIDE_PX = 2000
+# A face smaller than this in the reduced decode is embedded from a sharper decode instead.
+# Measured on the 12-24 MP benchmark photos: embeddings from the reduced decode stay at cosine
+# >= 0.93 (mean 0.985) to those of a full decode, and indexing is 1.6x faster.
+RECOGNITION_MIN_FACE_PX = 40
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,10 @@ class DetectedFace:
     def min_side(self) -> float:
         x1, y1, x2, y2 = self.bbox
         return min(x2 - x1, y2 - y1)
+
+    def scaled(self, factor: float) -> "DetectedFace":
+        """The same face in an image `factor` times as large."""
+        return DetectedFace(scale_box(self.bbox, factor), self.det_score, self.landmarks * factor)
 
 
 @dataclass(frozen=True)
@@ -114,18 +128,50 @@ class FaceEngine:
         return normalise(raw)
 
     def index_photo(self, image: np.ndarray) -> PhotoFaces:
-        """The faces of one photo worth indexing, embedded."""
-        detected = self.detect(image)
-        usable = [face for face in detected if face.min_side >= self.limits.min_face_px]
+        """The faces of one decoded photo worth indexing, embedded."""
+        kept, dropped, rejected = self._select(self.detect(image), scale=1.0)
+        return self._embedded(image, kept, dropped, rejected, scale=1.0)
+
+    def index_encoded(self, photo: EncodedPhoto) -> PhotoFaces:
+        """The faces of one photo, decoding no more of it than detection and recognition need.
+
+        Boxes are reported in pixels of the full-size upright photo, whatever was decoded.
+        """
+        pixels, scale = photo.decode(DETECTION_DECODE_LONG_SIDE_PX)
+        kept, dropped, rejected = self._select(self.detect(pixels), scale)
+        smallest = min((face.min_side for face in kept), default=RECOGNITION_MIN_FACE_PX)
+        if scale < 1.0 and smallest < RECOGNITION_MIN_FACE_PX:
+            wanted = ceil(photo.long_side * scale * RECOGNITION_MIN_FACE_PX / smallest)
+            sharper, sharper_scale = photo.decode(min(wanted, photo.long_side))
+            kept = [face.scaled(sharper_scale / scale) for face in kept]
+            pixels, scale = sharper, sharper_scale
+        return self._embedded(pixels, kept, dropped, rejected, scale)
+
+    def _select(
+        self, detected: list[DetectedFace], scale: float
+    ) -> tuple[list[DetectedFace], int, int]:
+        """Faces big enough (in full-size pixels), largest first, at most MAX_FACES_PER_PHOTO."""
+        usable = [face for face in detected if face.min_side / scale >= self.limits.min_face_px]
         kept = usable[: self.limits.max_faces]
+        return kept, len(usable) - len(kept), len(detected) - len(usable)
+
+    def _embedded(
+        self, image: np.ndarray, kept: list[DetectedFace], dropped: int, rejected: int, scale: float
+    ) -> PhotoFaces:
         embeddings = self.embed(image, kept)
         faces = [
-            EmbeddedFace(face.bbox, face.det_score, vector)
+            EmbeddedFace(scale_box(face.bbox, 1.0 / scale), face.det_score, vector)
             for face, vector in zip(kept, embeddings, strict=True)
         ]
-        return PhotoFaces(
-            faces, dropped=len(usable) - len(kept), rejected=len(detected) - len(usable)
-        )
+        return PhotoFaces(faces, dropped=dropped, rejected=rejected)
+
+    def selfie_encoded(self, photo: EncodedPhoto) -> EmbeddedFace | None:
+        """`selfie_face` on a selfie decoded at reduced size, its box in full-size pixels."""
+        pixels, scale = photo.decode(DETECTION_DECODE_LONG_SIDE_PX)
+        face = self.selfie_face(pixels)
+        if face is None:
+            return None
+        return EmbeddedFace(scale_box(face.bbox, 1.0 / scale), face.det_score, face.embedding)
 
     def selfie_face(self, image: np.ndarray) -> EmbeddedFace | None:
         """The largest face of a selfie, embedded, or None when it shows no face."""
@@ -166,6 +212,11 @@ def pad_for_detection(image: np.ndarray, fraction: float) -> tuple[np.ndarray, i
         image, border, border, border, border, cv2.BORDER_CONSTANT, value=(0, 0, 0)
     )
     return canvas, border
+
+
+def scale_box(box: BoundingBox, factor: float) -> BoundingBox:
+    x1, y1, x2, y2 = box
+    return (x1 * factor, y1 * factor, x2 * factor, y2 * factor)
 
 
 def clip_box(box: BoundingBox, shape: tuple[int, ...]) -> BoundingBox:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from faces.decoding import decode_image
+from faces.decoding import EncodedPhoto, decode_image
 from faces.engine import FaceEngine
 from schemas.errors import ImageTooLarge, UndecodableImage
 from tests import images
@@ -127,3 +127,17 @@ def test_a_fifty_megapixel_camera_photo_is_still_indexed(engine: FaceEngine) -> 
 def test_a_truncated_jpeg_is_undecodable_with_a_reason() -> None:
     with pytest.raises(UndecodableImage, match="truncated"):
         decode(images.truncated_jpeg())
+
+
+def test_a_large_jpeg_decoded_at_reduced_size_gives_the_same_faces_in_full_size_pixels(
+    engine: FaceEngine,
+) -> None:
+    data = images.camera_jpeg(24, "two_people.jpg")
+    full = engine.index_photo(decode(data))
+
+    reduced = engine.index_encoded(EncodedPhoto(data, **LIMITS))
+
+    assert len(reduced.faces) == len(full.faces) == 2
+    for at_full, at_reduced in zip(full.faces, reduced.faces, strict=True):
+        assert float(at_full.embedding @ at_reduced.embedding) > 0.9
+        assert np.abs(np.subtract(at_full.bbox, at_reduced.bbox)).max() < 0.02 * max(decode(data).shape)
