@@ -155,16 +155,20 @@ class Stack:
                 f"the worker exited with {self.worker.process.returncode}:\n{self.worker.log()[-3000:]}"
             )
 
-    async def index(self, client: Any, session_id: str, paths: Sequence[Path]) -> IndexRun:
-        """Publish one upload per path; wait for every answer; time first publish to last answer."""
+    async def index(
+        self, client: Any, session_id: str | Sequence[str], paths: Sequence[Path]
+    ) -> IndexRun:
+        """Publish one upload per path (per session, when several are given, all published
+        before the first answer is awaited); time first publish to last answer."""
         from streams.client import upload_event_id
 
-        events = [upload_event(session_id, path) for path in paths]
+        sessions = [session_id] if isinstance(session_id, str) else list(session_id)
+        events = [upload_event(session, path) for session in sessions for path in paths]
         wanted = {event["event_id"] for event in events}
         topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
         started = time.perf_counter()
         for event in events:
-            await client.publish(client.topics.photo_uploaded, session_id, event)
+            await client.publish(client.topics.photo_uploaded, event["session_id"], event)
         found = await client.answers(
             wanted,
             lambda answer: upload_event_id(answer) if answer.topic in topics else None,
