@@ -140,4 +140,6 @@ def test_a_large_jpeg_decoded_at_reduced_size_gives_the_same_faces_in_full_size_
     assert len(reduced.faces) == len(full.faces) == 2
     for at_full, at_reduced in zip(full.faces, reduced.faces, strict=True):
         assert float(at_full.embedding @ at_reduced.embedding) > 0.9
-        assert np.abs(np.subtract(at_full.bbox, at_reduced.bbox)).max() < 0.02 * max(decode(data).shape)
+        assert np.abs(np.subtract(at_full.bbox, at_reduced.bbox)).max() < 0.02 * max(
+            decode(data).shape
+        )
