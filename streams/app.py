@@ -14,6 +14,7 @@ from typing import Any, cast
 import faust
 from faust import Stream
 from faust.types import EventT, StreamT
+from mode import BaseSignalT
 
 from agents.events import IncomingEvent, Publication
 from agents.indexing import IndexLimits, PhotoIndexer
@@ -230,7 +231,11 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
                 )
                 await stream.ack(event)
 
-    app.pixora_resources = resources  # type: ignore[attr-defined]
+    @app.on_before_shutdown.connect
+    async def close_resources(sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
+        # The consumer has stopped by now: no agent uses the pool or the S3 client any more.
+        await resources.close()
+
     return app
 
 
