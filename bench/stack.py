@@ -160,20 +160,11 @@ class Stack:
     ) -> IndexRun:
         """Publish one upload per path (per session, when several are given, all published
         before the first answer is awaited); time first publish to last answer."""
-        from streams.client import upload_event_id
-
         sessions = [session_id] if isinstance(session_id, str) else list(session_id)
         events = [upload_event(session, path) for session in sessions for path in paths]
         wanted = {event["event_id"] for event in events}
-        topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
         started = time.perf_counter()
-        for event in events:
-            await client.publish(client.topics.photo_uploaded, event["session_id"], event)
-        found = await client.answers(
-            wanted,
-            lambda answer: upload_event_id(answer) if answer.topic in topics else None,
-            ANSWER_TIMEOUT_S,
-        )
+        found = await client.upload(events, ANSWER_TIMEOUT_S)
         seconds = time.perf_counter() - started
         self.check_worker()
         if set(found) != wanted:
@@ -203,23 +194,14 @@ class Stack:
         self, client: Any, session_id: str, selfie: bytes
     ) -> tuple[float, dict[str, Any]]:
         """One selfie search: seconds from publishing the request to consuming its result."""
-        from streams.client import search_request_id
-
         request = search_request(session_id, selfie)
         started = time.perf_counter()
-        await client.publish(client.topics.search_requested, session_id, request)
-        found = await client.answers(
-            {request["request_id"]},
-            lambda answer: (
-                search_request_id(answer) if answer.topic == client.topics.search_results else None
-            ),
-            ANSWER_TIMEOUT_S,
-        )
+        found = await client.search([request], ANSWER_TIMEOUT_S)
         seconds = time.perf_counter() - started
         if request["request_id"] not in found:
             self.check_worker()
             raise RuntimeError("a search got no answer in time")
-        return seconds, found[request["request_id"]].document
+        return seconds, found[request["request_id"]]
 
 
 def client_for(stack: Stack) -> Any:

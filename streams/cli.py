@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from schemas.errors import PixoraError
 from schemas.events import photo_id_from_source, printable
-from streams.client import Answer, EventClient, search_request_id, upload_event_id
+from streams.client import Answer, EventClient
 from streams.embedded import WorkerProcess, embedded_stack, read_address
 from streams.settings import Settings
 
@@ -248,33 +248,13 @@ async def _index(
     from tqdm import tqdm
 
     async with EventClient(settings) as client:
-        sent: dict[str, str] = {}
-        for source, photo_id in sources:
-            event_id = str(uuid.uuid4())
-            sent[event_id] = photo_id
-            await client.publish(
-                client.topics.photo_uploaded,
-                session_id,
-                {
-                    "schema_version": 1,
-                    "event_id": event_id,
-                    "session_id": session_id,
-                    "photo_id": photo_id,
-                    "source": source,
-                    "uploaded_at": datetime.now(UTC).isoformat(),
-                },
-            )
+        events = [_upload_event(session_id, source, photo_id) for source, photo_id in sources]
         bar = tqdm(
-            total=len(sent), unit="photo", desc="indexing", disable=not progress, file=sys.stderr
+            total=len(events), unit="photo", desc="indexing", disable=not progress, file=sys.stderr
         )
-        answer_topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
-        found = await client.answers(
-            set(sent),
-            lambda answer: upload_event_id(answer) if answer.topic in answer_topics else None,
-            timeout_s,
-            on_answer=lambda _, __: bar.update(1),
-        )
+        found = await client.upload(events, timeout_s, on_answer=lambda _, __: bar.update(1))
         bar.close()
+        sent = {event["event_id"]: event["photo_id"] for event in events}
         outcomes = [
             _photo_outcome(photo_id, found.get(event_id), client.topics.photo_indexed)
             for event_id, photo_id in sent.items()
@@ -294,6 +274,17 @@ def _note_replaced(outcomes: list[dict[str, Any]], sources: list[str]) -> list[d
                 f"photo id {outcome['photo_id']!r} is also {later!r}, uploaded later, which replaces it"
             )
     return outcomes
+
+
+def _upload_event(session_id: str, source: str, photo_id: str) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "session_id": session_id,
+        "photo_id": photo_id,
+        "source": source,
+        "uploaded_at": datetime.now(UTC).isoformat(),
+    }
 
 
 def _photo_outcome(photo_id: str, answer: Answer | None, indexed_topic: str) -> dict[str, Any]:
@@ -385,19 +376,8 @@ async def _search(
         _selfie_request(settings, session_id, selfie, threshold, limit) for selfie in selfies
     ]
     async with EventClient(settings) as client:
-        for request in requests:
-            await client.publish(client.topics.search_requested, session_id, request)
-        found = await client.answers(
-            {request["request_id"] for request in requests},
-            lambda answer: (
-                search_request_id(answer) if answer.topic == client.topics.search_results else None
-            ),
-            timeout_s,
-        )
-    return [
-        found[request["request_id"]].document if request["request_id"] in found else None
-        for request in requests
-    ]
+        found = await client.search(requests, timeout_s)
+    return [found.get(request["request_id"]) for request in requests]
 
 
 def _print_search(selfie: Path, results: dict[str, Any] | None, *, as_json: bool) -> None:

@@ -84,6 +84,38 @@ class EventClient:
     async def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         await self._producer.send_and_wait(topic, value, key=key)
 
+    async def upload(
+        self,
+        events: list[dict[str, Any]],
+        timeout_s: float,
+        on_answer: Callable[[str, Answer], None] | None = None,
+    ) -> dict[str, Answer]:
+        """Publish photo-uploaded events; return each event id's photo-indexed or dead letter."""
+        for event in events:
+            await self.publish(self.topics.photo_uploaded, str(event["session_id"]), event)
+        answer_topics = {self.topics.photo_indexed, self.topics.photo_uploaded_dlq}
+        return await self.answers(
+            {str(event["event_id"]) for event in events},
+            lambda answer: upload_event_id(answer) if answer.topic in answer_topics else None,
+            timeout_s,
+            on_answer,
+        )
+
+    async def search(
+        self, requests: list[dict[str, Any]], timeout_s: float
+    ) -> dict[str, dict[str, Any]]:
+        """Publish search-requested events; return each request id's search-results event."""
+        for request in requests:
+            await self.publish(self.topics.search_requested, str(request["session_id"]), request)
+        found = await self.answers(
+            {str(request["request_id"]) for request in requests},
+            lambda answer: (
+                search_request_id(answer) if answer.topic == self.topics.search_results else None
+            ),
+            timeout_s,
+        )
+        return {request_id: answer.document for request_id, answer in found.items()}
+
     async def answers(
         self,
         wanted: set[str],

@@ -5,7 +5,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.client import Answer, EventClient, search_request_id, upload_event_id
+from streams.client import Answer, EventClient
 
 ANSWER_TIMEOUT_S = 120.0
 
@@ -25,16 +25,8 @@ def upload(session_id: str, source: str, **fields: Any) -> dict[str, Any]:
 
 async def index(client: EventClient, events: list[dict[str, Any]]) -> dict[str, Answer]:
     """Publish uploads; return each event id's answer (photo-indexed or dead letter)."""
-    for event in events:
-        await client.publish(client.topics.photo_uploaded, event["session_id"], event)
-    wanted = {event["event_id"] for event in events}
-    topics = {client.topics.photo_indexed, client.topics.photo_uploaded_dlq}
-    found = await client.answers(
-        wanted,
-        lambda answer: upload_event_id(answer) if answer.topic in topics else None,
-        ANSWER_TIMEOUT_S,
-    )
-    assert set(found) == wanted, f"{len(wanted) - len(found)} upload(s) got no answer"
+    found = await client.upload(events, ANSWER_TIMEOUT_S)
+    assert len(found) == len(events), f"{len(events) - len(found)} upload(s) got no answer"
     return found
 
 
@@ -50,13 +42,6 @@ async def search(
     if selfie is not None:
         request["image_b64"] = base64.b64encode(selfie).decode()
     request.update(fields)
-    await client.publish(client.topics.search_requested, session_id, request)
-    found = await client.answers(
-        {request["request_id"]},
-        lambda answer: (
-            search_request_id(answer) if answer.topic == client.topics.search_results else None
-        ),
-        ANSWER_TIMEOUT_S,
-    )
+    found = await client.search([request], ANSWER_TIMEOUT_S)
     assert request["request_id"] in found, "the search got no answer"
-    return found[request["request_id"]].document
+    return found[request["request_id"]]
