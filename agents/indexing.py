@@ -1,9 +1,10 @@
 """The index agent's work: photo-uploaded events in, faces stored, photo-indexed events out.
 
-A batch is handled in four steps: parse and check each event; skip the photos the store
-already has from the same source and model (a replay); fetch, decode, detect and embed the
-rest, the blocking part in a worker thread; save the whole batch in one transaction. Only
-then does the caller acknowledge the batch's offsets.
+A batch is handled in four steps: parse and check each event; answer from the store the
+events it already holds with the same model (a redelivery or a replay), and refuse photos over
+the session limit; fetch, decode, detect and embed the rest, the blocking part in a worker
+thread; save the whole batch in one transaction. Only then does the caller acknowledge the
+batch's offsets.
 """
 
 import asyncio
