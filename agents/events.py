@@ -3,7 +3,15 @@
 from dataclasses import dataclass
 
 from schemas.errors import PixoraError
-from schemas.events import DeadLetter, peek_field, printable
+from schemas.events import (
+    DEAD_LETTER_ORIGINAL_MAX_CHARS,
+    PEEKED_MAX_CHARS,
+    DeadLetter,
+    peek_field,
+    printable,
+)
+
+REASON_MAX_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -26,15 +34,20 @@ class Publication:
 
 def dead_letter(event: IncomingEvent, error: PixoraError | Exception, attempts: int) -> DeadLetter:
     code = error.code if isinstance(error, PixoraError) else "internal_error"
+    original = printable(event.value.decode("utf-8", "replace"))
     reason = printable(
         str(error) if isinstance(error, PixoraError) else f"{type(error).__name__}: {error}"
-    )
+    )[:REASON_MAX_CHARS]
     return DeadLetter(
         topic=event.topic,
         partition=event.partition,
         offset=event.offset,
-        key=printable(event.key.decode("utf-8", "replace")) if event.key is not None else None,
-        original=printable(event.value.decode("utf-8", "replace")),
+        key=printable(event.key.decode("utf-8", "replace"))[:PEEKED_MAX_CHARS]
+        if event.key is not None
+        else None,
+        original=original[:DEAD_LETTER_ORIGINAL_MAX_CHARS],
+        original_bytes=len(event.value),
+        original_truncated=len(original) > DEAD_LETTER_ORIGINAL_MAX_CHARS,
         reason=reason,
         error_code=code,
         attempts=attempts,

@@ -44,6 +44,15 @@ class IndexLimits:
 
 
 @dataclass
+class _SessionRoom:
+    """How full a session is: photos stored, plus those this batch will store."""
+
+    session_id: str
+    count: int
+    stored: set[str]
+
+
+@dataclass
 class _Work:
     event: IncomingEvent
     upload: PhotoUploaded | None = None
@@ -88,7 +97,7 @@ class PhotoIndexer:
             self._parse(item)
 
         pending = [item for item in work if item.outcome is None]
-        await self._skip_known_and_enforce_limits(pending)
+        rooms = await self._triage(pending)
         pending = [item for item in pending if item.superseded_by is None]
 
         to_analyze = [item for item in pending if item.outcome is None]
@@ -102,9 +111,9 @@ class PhotoIndexer:
             for fetch in fetches:
                 fetch.cancel()
 
-        await self._save(
-            [item for item in pending if item.outcome is None and item.faces is not None]
-        )
+        analyzed = [item for item in pending if item.outcome is None and item.faces is not None]
+        self._enforce_session_limits(analyzed, rooms)
+        await self._save([item for item in analyzed if item.outcome is None])
         for item in work:
             if item.superseded_by is not None:
                 item.outcome = self._like(item, item.superseded_by)
@@ -120,24 +129,26 @@ class PhotoIndexer:
                 "dead_letter", None, dead_letter(item.event, error, 1).to_json()
             )
 
-    async def _skip_known_and_enforce_limits(self, pending: list[_Work]) -> None:
+    async def _triage(self, pending: list[_Work]) -> dict[str, "_SessionRoom"]:
+        """Answer replays from the store, fold duplicates, refuse uploads to full sessions."""
         sessions: dict[str, list[_Work]] = {}
         for item in pending:
             assert item.upload is not None
             sessions.setdefault(item.upload.session_id, []).append(item)
 
+        rooms = {}
         for session_id, items in sessions.items():
             try:
-                await self._triage_session(session_id, items)
+                rooms[session_id] = await self._triage_session(session_id, items)
             except StorageRejected as error:
                 # The database refuses even to look these ids up: no retry can help them.
                 for item in items:
                     item.outcome = Publication(
                         "dead_letter", None, dead_letter(item.event, error, 1).to_json()
                     )
+        return rooms
 
-    async def _triage_session(self, session_id: str, items: list[_Work]) -> None:
-        """Answer replays from the store, fold duplicates, refuse photos over the session limit."""
+    async def _triage_session(self, session_id: str, items: list[_Work]) -> "_SessionRoom":
         photo_ids = [item.upload.photo for item in items if item.upload]
         known = await retry_transient(
             partial(self.store.known_photos, session_id, photo_ids),
@@ -147,34 +158,52 @@ class PhotoIndexer:
         count = await retry_transient(
             partial(self.store.photo_count, session_id), "counting photos", self.backoff
         )
+        room = _SessionRoom(session_id, count, set(known))
         # Within one batch a photo uploaded twice is indexed once, from its last event.
         last_event_of = {item.upload.photo: item for item in items if item.upload}
-        admitted: set[str] = set(known)
         for item in items:
             assert item.upload is not None
             photo_id = item.upload.photo
             record = known.get(photo_id)
-            # The same event again (a redelivery or a replayed topic) with the same model is
-            # answered from the store; a new upload of the same photo is indexed afresh.
-            if (
-                record is not None
-                and record.event_id == item.upload.event_id
-                and record.model == self.engine.model
-            ):
+            if record is not None and self._is_replay(item.upload, record):
                 item.outcome = self._replayed(item.upload, record, item.took_ms())
             elif last_event_of[photo_id] is not item:
                 item.superseded_by = last_event_of[photo_id]
-            elif photo_id not in admitted and count >= self.limits.max_photos_per_session:
-                error = SessionFull(
-                    f"session {session_id!r} already holds {count} photos, "
-                    f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
-                )
-                item.outcome = Publication(
-                    "dead_letter", None, dead_letter(item.event, error, 1).to_json()
-                )
-            elif photo_id not in admitted:
-                admitted.add(photo_id)
-                count += 1
+            elif photo_id not in room.stored and count >= self.limits.max_photos_per_session:
+                item.outcome = self._session_full(item, room)  # full already: not even fetched
+        return room
+
+    def _is_replay(self, upload: PhotoUploaded, record: PhotoRecord) -> bool:
+        # The same event again (a redelivery, a replayed topic) for the same photo file and the
+        # same model is answered from the store; a new upload of the photo is indexed afresh.
+        return (
+            record.event_id == upload.event_id
+            and record.source == upload.source
+            and record.model == self.engine.model
+        )
+
+    def _enforce_session_limits(
+        self, analyzed: list[_Work], rooms: dict[str, "_SessionRoom"]
+    ) -> None:
+        """Refuse new photos beyond MAX_PHOTOS_PER_SESSION, counting only photos that will be
+        stored: one that failed to fetch or decode takes no place in its session."""
+        for item in analyzed:
+            assert item.upload is not None
+            room = rooms[item.upload.session_id]
+            if item.upload.photo in room.stored:
+                continue
+            if room.count >= self.limits.max_photos_per_session:
+                item.outcome = self._session_full(item, room)
+                continue
+            room.stored.add(item.upload.photo)
+            room.count += 1
+
+    def _session_full(self, item: _Work, room: "_SessionRoom") -> Publication:
+        error = SessionFull(
+            f"session {room.session_id!r} already holds {room.count} photos, "
+            f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
+        )
+        return Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
 
     async def _fetch(self, item: _Work) -> bytes:
         assert item.upload is not None

@@ -14,12 +14,19 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 
-from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
+from agents.events import REASON_MAX_CHARS, IncomingEvent, Publication, dead_letter, rounded_box
 from agents.retrying import Backoff, retry_transient
 from faces.decoding import EncodedPhoto
 from faces.engine import EmbeddedFace, FaceEngine
 from schemas.errors import ImageTooLarge, InvalidEvent, PixoraError
-from schemas.events import PhotoMatch, SearchRequested, SearchResults, SearchStatus, peek_field
+from schemas.events import (
+    PhotoMatch,
+    SearchRequested,
+    SearchResults,
+    SearchStatus,
+    peek_field,
+    printable,
+)
 from storage.face_store import FaceStore
 from storage.photo_source import PhotoSource
 
@@ -156,7 +163,8 @@ class SelfieSearcher:
             if len(request.image_b64) > (cap * 4) // 3 + 4:
                 raise ImageTooLarge(f"image_b64 holds more than MAX_SELFIE_BYTES={cap} bytes")
             try:
-                data = base64.b64decode(request.image_b64, validate=True)
+                # Line-wrapped (MIME) base64 is common; the wrapping is not part of the data.
+                data = base64.b64decode("".join(request.image_b64.split()), validate=True)
             except (binascii.Error, ValueError) as error:
                 raise InvalidEvent(f"image_b64 is not valid base64: {error}") from error
         else:
@@ -193,5 +201,5 @@ class SelfieSearcher:
             status=status,
             model=self.engine.model,
             took_ms=round((time.perf_counter() - started) * 1000, 1),
-            error=reason,
+            error=printable(reason)[:REASON_MAX_CHARS],
         )

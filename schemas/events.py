@@ -52,8 +52,9 @@ class _Event(BaseModel):
         """Parse one event, turning every contract violation into `InvalidEvent`."""
         try:
             document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InvalidEvent(f"{cls.__name__} is not valid JSON: {error}") from error
+        except (ValueError, RecursionError) as error:
+            # RecursionError: JSON nested deeper than Python's stack (e.g. 100 000 "[").
+            raise InvalidEvent(f"{cls.__name__} is not valid JSON: {_short(error)}") from error
         if not isinstance(document, dict):
             raise InvalidEvent(
                 f"{cls.__name__} must be a JSON object, got {type(document).__name__}"
@@ -62,6 +63,10 @@ class _Event(BaseModel):
             return cls.model_validate(document)
         except ValidationError as error:
             raise InvalidEvent(f"{cls.__name__} breaks the contract: {_describe(error)}") from error
+
+
+def _short(error: Exception) -> str:
+    return str(error)[:300]
 
 
 def _describe(error: ValidationError) -> str:
@@ -111,8 +116,9 @@ class SearchRequested(_Event):
     session_id: Identifier
     source: Source | None = None
     image_b64: str | None = None
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
-    limit: int | None = Field(default=None, ge=1)
+    # Strict: "0.9" or true are not numbers, whatever Python would make of them.
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False, strict=True)
+    limit: int | None = Field(default=None, ge=1, strict=True)
 
     @model_validator(mode="after")
     def _exactly_one_selfie(self) -> Self:
@@ -172,6 +178,11 @@ class SearchResults(_Event):
     error: str | None = None
 
 
+# A dead letter must always fit a Kafka message, or publishing it would fail forever and hold
+# its partition: an original longer than this is cut, and `original_bytes` says how long it was.
+DEAD_LETTER_ORIGINAL_MAX_CHARS = 128 * 1024  # at most 768 KiB even if every character is escaped
+
+
 class DeadLetter(_Event):
     """An event the service could not process, with everything needed to replay it."""
 
@@ -180,6 +191,8 @@ class DeadLetter(_Event):
     offset: int
     key: str | None
     original: str
+    original_bytes: int
+    original_truncated: bool = False
     reason: str
     error_code: str
     attempts: int
@@ -193,12 +206,16 @@ def peek_field(raw: bytes, name: str) -> str | None:
     """Read one string field from an event that may be invalid, for dead-letter bookkeeping."""
     try:
         document: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return None
     value = document.get(name) if isinstance(document, dict) else None
     if not isinstance(value, str):
         return None
-    return printable(value)
+    return printable(value[:PEEKED_MAX_CHARS])
+
+
+# A field read from an invalid event lands in a dead letter or an answer; a 5 MB "id" must not.
+PEEKED_MAX_CHARS = 1024
 
 
 def printable(text: str) -> str:

@@ -202,7 +202,10 @@ def _client_settings(settings: Settings) -> Settings:
 def _photo_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise CommandError(f"{folder} is not a folder")
-    return sorted(path for path in folder.iterdir() if path.is_file())
+    files = sorted(path for path in folder.iterdir() if path.is_file())
+    if not files:
+        raise CommandError(f"{folder} holds no files to index")
+    return files
 
 
 def run_index(settings: Settings, arguments: argparse.Namespace) -> int:

@@ -269,3 +269,78 @@ async def test_an_unparseable_search_is_answered_and_dead_lettered_for_operators
         ANSWER_TIMEOUT_S,
     )
     assert found[marker].document["error_code"] == "invalid_event"
+
+
+HOSTILE_UPLOADS: list[tuple[str, bytes]] = [
+    (
+        "JSON nested 100 000 deep",
+        b'{"event_id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ),
+    ("6 MB of invalid UTF-8", b"\xff" * 6_000_000),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "raw"), HOSTILE_UPLOADS, ids=[case for case, _ in HOSTILE_UPLOADS]
+)
+async def test_a_hostile_upload_is_dead_lettered_and_the_next_photo_still_indexed(
+    client: EventClient, case: str, raw: bytes
+) -> None:
+    session = new_session()
+    key = f"hostile-{uuid.uuid4().hex}"
+
+    await client.publish_raw(client.topics.photo_uploaded, key.encode(), raw)
+    found = await client.answers(
+        {key},
+        lambda answer: (
+            answer.document.get("key") if answer.topic == client.topics.photo_uploaded_dlq else None
+        ),
+        ANSWER_TIMEOUT_S,
+    )
+    answers = await index(client, [upload(session, "obama_small.jpg")])
+
+    letter = found[key].document
+    assert letter["error_code"] == "invalid_event"
+    assert letter["original_bytes"] == len(raw)
+    assert len(letter["original"]) <= 128 * 1024
+    assert next(iter(answers.values())).document["face_count"] == 1
+
+
+async def test_a_hostile_search_is_answered_and_the_next_search_still_answered(
+    client: EventClient,
+) -> None:
+    session = new_session()
+    await index(client, [upload(session, "obama2.jpg")])
+    deep = b'{"request_id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    await client.publish_raw(client.topics.search_requested, b"hostile", deep)
+    results = await search(client, session, (FIXTURES / "obama.jpg").read_bytes())
+
+    assert [match["photo_id"] for match in results["matches"]] == ["obama2"]
+
+
+async def test_line_wrapped_base64_selfies_are_accepted(client: EventClient) -> None:
+    session = new_session()
+    await index(client, [upload(session, "obama2.jpg")])
+    wrapped = base64.encodebytes((FIXTURES / "obama_small.jpg").read_bytes()).decode()
+
+    results = await search(client, session, None, image_b64=wrapped)
+
+    assert "\n" in wrapped
+    assert results["status"] == "matched"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("limit", True), ("threshold", "0.9"), ("threshold", True)]
+)
+async def test_numbers_given_as_booleans_or_strings_are_refused(
+    client: EventClient, field: str, value: object
+) -> None:
+    session = new_session()
+
+    results = await search(
+        client, session, (FIXTURES / "obama_small.jpg").read_bytes(), **{field: value}
+    )
+
+    assert results["status"] == "invalid_request"
+    assert field in results["error"]

@@ -1,0 +1,94 @@
+"""The index agent's bookkeeping, driven directly on the real store, source and models."""
+
+import json
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agents.events import IncomingEvent
+from agents.indexing import IndexLimits, PhotoIndexer
+from faces.engine import FaceEngine
+from storage.face_store import FaceStore
+from storage.photo_source import LocalPhotoSource
+from tests.conftest import FIXTURES, new_session
+from tests.integration.events import upload
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    for name in ("obama.jpg", "obama2.jpg", "biden.jpg", "two_people.jpg"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+def batch(events: list[dict[str, object]]) -> list[IncomingEvent]:
+    return [
+        IncomingEvent(
+            "photo-uploaded",
+            0,
+            offset,
+            str(event["session_id"]).encode(),
+            json.dumps(event).encode(),
+        )
+        for offset, event in enumerate(events)
+    ]
+
+
+async def test_a_photo_that_fails_takes_no_place_in_a_nearly_full_session(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    indexer = PhotoIndexer(
+        engine,
+        store,
+        LocalPhotoSource(photos, 10**8),
+        executor,
+        IndexLimits(max_photos_per_session=3),
+    )
+    session = new_session()
+    await indexer.index_batch(batch([upload(session, "obama.jpg"), upload(session, "obama2.jpg")]))
+
+    published = await indexer.index_batch(
+        batch(
+            [
+                upload(session, "missing.jpg"),
+                upload(session, "biden.jpg"),
+                upload(session, "two_people.jpg"),
+            ]
+        )
+    )
+
+    answers = [json.loads(publication.value) for publication in published]
+    assert [answer.get("error_code") or answer["status"] for answer in answers] == [
+        "photo_not_found",
+        "indexed",
+        "session_full",
+    ]
+    assert "already holds 3 photos" in answers[2]["reason"]
+    assert await store.photo_count(session) == 3
+
+
+async def test_the_same_event_id_with_another_source_is_indexed_not_replayed(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    session = new_session()
+    first = upload(session, "two_people.jpg", photo_id="photo", event_id="event-1")
+    await indexer.index_batch(batch([first]))
+
+    again = await indexer.index_batch(batch([first]))
+    other = await indexer.index_batch(batch([dict(first, source="obama.jpg")]))
+
+    assert json.loads(again[0].value)["replayed"] is True
+    assert json.loads(other[0].value)["replayed"] is False
+    assert await store.face_count(session) == 1
