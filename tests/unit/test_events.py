@@ -325,6 +325,7 @@ def test_dead_letter_round_trips_through_json() -> None:
         offset=17,
         key="sess-1",
         original="not json",
+        original_bytes=8,
         reason="not valid JSON",
         error_code="invalid_event",
         attempts=1,
