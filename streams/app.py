@@ -147,15 +147,12 @@ def build_engine(settings: Settings) -> FaceEngine:
 
 def build_photo_source(settings: Settings) -> PhotoSource:
     if settings.s3_bucket_name:
+        access_key, secret_key = settings.s3_credentials()
         return S3PhotoSource(
             settings.s3_bucket_name,
             endpoint_url=settings.s3_endpoint_url,
-            access_key=settings.s3_access_key.get_secret_value()
-            if settings.s3_access_key
-            else None,
-            secret_key=settings.s3_secret_key.get_secret_value()
-            if settings.s3_secret_key
-            else None,
+            access_key=access_key,
+            secret_key=secret_key,
             region=settings.s3_region,
             timeout_s=settings.s3_timeout_s,
             max_bytes=settings.max_image_bytes,

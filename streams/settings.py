@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         url = self.vector_database_url or self.database_url
         return url.get_secret_value() if url else None
 
+    def s3_credentials(self) -> tuple[str | None, str | None]:
+        """The access and secret key in clear, for the S3 client only: never log the result."""
+        access = self.s3_access_key.get_secret_value() if self.s3_access_key else None
+        secret = self.s3_secret_key.get_secret_value() if self.s3_secret_key else None
+        return access, secret
+
     @property
     def broker_bootstrap(self) -> str:
         """host:port[,host:port] for aiokafka, from the kafka:// URL Faust takes."""

@@ -12,13 +12,10 @@ async def upload_to_s3(
     """Upload each file as `<session>/<file name>`; return (s3 source, photo id) pairs."""
     import aioboto3
 
+    access_key, secret_key = settings.s3_credentials()
     session = aioboto3.Session(
-        aws_access_key_id=settings.s3_access_key.get_secret_value()
-        if settings.s3_access_key
-        else None,
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value()
-        if settings.s3_secret_key
-        else None,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         region_name=settings.s3_region,
     )
     staged = []
