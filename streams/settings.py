@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # An inline selfie of MAX_SELFIE_BYTES is 4/3 as large in base64, and a dead letter carries
     # the whole original: 16 MiB holds both. The broker must accept as much (message.max.bytes).
     # How long the broker may hold a fetch that has nothing yet (see streams/transport.py).
-    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(default=20, ge=1)
     kafka_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
 
     # Matching.
