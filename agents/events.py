@@ -57,6 +57,16 @@ def dead_letter(event: IncomingEvent, error: PixoraError | Exception, attempts: 
     )
 
 
+def dead_letter_publication(
+    event: IncomingEvent,
+    error: PixoraError | Exception,
+    attempts: int = 1,
+    role: str = "dead_letter",
+) -> Publication:
+    """The dead letter of `event`, ready to publish to its topic's `.dlq`."""
+    return Publication(role, None, dead_letter(event, error, attempts).to_json())
+
+
 def rounded_box(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     """A box to a tenth of a pixel: enough for drawing, and keeps events short."""
     x1, y1, x2, y2 = (round(float(value), 1) for value in bbox)

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 
-from agents.events import IncomingEvent, Publication, dead_letter, rounded_box
+from agents.events import IncomingEvent, Publication, dead_letter_publication, rounded_box
 from agents.retrying import Backoff, retry_transient
 from faces.decoding import EncodedPhoto
 from faces.engine import FaceEngine, PhotoFaces
@@ -125,9 +125,7 @@ class PhotoIndexer:
         try:
             item.upload = PhotoUploaded.parse(item.event.value)
         except PixoraError as error:
-            item.outcome = Publication(
-                "dead_letter", None, dead_letter(item.event, error, 1).to_json()
-            )
+            item.outcome = dead_letter_publication(item.event, error)
 
     async def _triage(self, pending: list[_Work]) -> dict[str, "_SessionRoom"]:
         """Answer replays from the store, fold duplicates, refuse uploads to full sessions."""
@@ -143,9 +141,7 @@ class PhotoIndexer:
             except StorageRejected as error:
                 # The database refuses even to look these ids up: no retry can help them.
                 for item in items:
-                    item.outcome = Publication(
-                        "dead_letter", None, dead_letter(item.event, error, 1).to_json()
-                    )
+                    item.outcome = dead_letter_publication(item.event, error)
         return rooms
 
     async def _triage_session(self, session_id: str, items: list[_Work]) -> "_SessionRoom":
@@ -203,7 +199,7 @@ class PhotoIndexer:
             f"session {room.session_id!r} already holds {room.count} photos, "
             f"the limit MAX_PHOTOS_PER_SESSION={self.limits.max_photos_per_session}"
         )
-        return Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+        return dead_letter_publication(item.event, error)
 
     async def _fetch(self, item: _Work) -> bytes:
         assert item.upload is not None
@@ -224,18 +220,14 @@ class PhotoIndexer:
                 item.work_ms = (time.perf_counter() - started) * 1000
                 return
             except PixoraError as error:
-                item.outcome = Publication(
-                    "dead_letter", None, dead_letter(item.event, error, attempt).to_json()
-                )
+                item.outcome = dead_letter_publication(item.event, error, attempt)
                 return
             except Exception as error:
                 log.exception(
                     "unexpected error indexing photo %r (attempt %d)", item.upload.photo, attempt
                 )
                 if attempt == UNEXPECTED_ERROR_ATTEMPTS:
-                    item.outcome = Publication(
-                        "dead_letter", None, dead_letter(item.event, error, attempt).to_json()
-                    )
+                    item.outcome = dead_letter_publication(item.event, error, attempt)
 
     def _faces_of(self, data: bytes) -> PhotoFaces:
         photo = EncodedPhoto(
@@ -301,9 +293,7 @@ class PhotoIndexer:
                     self.backoff,
                 )
             except StorageRejected as error:
-                item.outcome = Publication(
-                    "dead_letter", None, dead_letter(item.event, error, 1).to_json()
-                )
+                item.outcome = dead_letter_publication(item.event, error)
                 continue
             saved.append(item)
         return saved
@@ -323,7 +313,7 @@ class PhotoIndexer:
             error = PixoraError(
                 f"superseded in the same batch by event {winner.event.offset}, which failed"
             )
-            return Publication("dead_letter", None, dead_letter(item.event, error, 1).to_json())
+            return dead_letter_publication(item.event, error)
         answer = PhotoIndexed.parse(winner.outcome.value)
         return self._indexed(
             item.upload, answer.faces, answer.faces_dropped, item.took_ms(), replayed=True

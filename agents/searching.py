@@ -14,7 +14,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 
-from agents.events import REASON_MAX_CHARS, IncomingEvent, Publication, dead_letter, rounded_box
+from agents.events import (
+    REASON_MAX_CHARS,
+    IncomingEvent,
+    Publication,
+    dead_letter_publication,
+    rounded_box,
+)
 from agents.retrying import Backoff, retry_transient
 from faces.decoding import EncodedPhoto
 from faces.engine import EmbeddedFace, FaceEngine
@@ -102,8 +108,7 @@ class SelfieSearcher:
         answer = Publication("search_results", results.session_id or None, results.to_json())
         if unanswerable is None:
             return [answer]
-        letter = dead_letter(event, unanswerable, 1)
-        return [answer, Publication("search_dead_letter", None, letter.to_json())]
+        return [answer, dead_letter_publication(event, unanswerable, role="search_dead_letter")]
 
     def _check_limit(self, request: SearchRequested) -> None:
         if request.limit is not None and request.limit > self.policy.max_limit:

@@ -18,7 +18,7 @@ from mode import BaseSignalT
 
 from agents.events import IncomingEvent, Publication
 from agents.indexing import IndexLimits, PhotoIndexer
-from agents.retrying import Backoff
+from agents.retrying import Backoff, retry_transient
 from agents.searching import SearchPolicy, SelfieSearcher
 from faces.engine import FaceEngine, FaceLimits
 from faces.model_pack import locate_model_pack
@@ -126,8 +126,6 @@ class WorkerResources:
 
 
 async def _open_store(dsn: str) -> FaceStore:
-    from agents.retrying import retry_transient
-
     # A worker may start before its database: wait for it rather than crash-loop.
     return await retry_transient(
         lambda: FaceStore.open(dsn), "opening the face store", Backoff(max_delay_s=10)

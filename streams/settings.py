@@ -111,7 +111,3 @@ class Settings(BaseSettings):
         """host:port[,host:port] for aiokafka, from the kafka:// URL Faust takes."""
         assert self.kafka_broker_url is not None, "the embedded broker sets KAFKA_BROKER_URL"
         return ",".join(part.removeprefix("kafka://") for part in self.kafka_broker_url.split(","))
-
-    @property
-    def postgres_data_dir(self) -> Path:
-        return self.data_dir / "postgres"
