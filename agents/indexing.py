@@ -1,10 +1,18 @@
 """The index agent's work: photo-uploaded events in, faces stored, photo-indexed events out.
 
-A batch is handled in four steps: parse and check each event; answer from the store the
-events it already holds with the same model (a redelivery or a replay), and refuse photos over
-the session limit; fetch, decode, detect and embed the rest, the blocking part in a worker
-thread; save the whole batch in one transaction. Only then does the caller acknowledge the
-batch's offsets.
+A batch is handled in two steps, so that inference never waits on the database or the broker:
+
+- `prepare`: parse and check each event; answer the events already indexed with the same model
+  (a redelivery or a replay) from the store; refuse photos over the session limit; fetch,
+  decode, detect and embed the rest. The photos are fetched together, and each is decoded in
+  one thread while the one before it is detected and embedded in another.
+- `finish`: save the batch in one transaction and build its answers. Only then does the caller
+  acknowledge the batch's offsets.
+
+The agent prepares a batch while the one before it is finished. Until their transaction
+commits, a prepared batch's photos are kept as unsaved, and the next batch's checks count them
+as stored: a photo takes its place in its session once, and a redelivered event is answered as
+a replay rather than indexed twice.
 """
 
 import asyncio
@@ -18,7 +26,7 @@ from functools import partial
 from agents.events import IncomingEvent, Publication, dead_letter_publication, rounded_box
 from agents.retrying import Backoff, retry_transient
 from faces.decoding import EncodedPhoto
-from faces.engine import FaceEngine, PhotoFaces
+from faces.engine import DecodedPhoto, FaceEngine, PhotoFaces, decode_for_detection
 from schemas.errors import PixoraError, SessionFull, StorageRejected
 from schemas.events import FaceFound, PhotoIndexed, PhotoUploaded
 from storage.face_store import FaceStore, IndexedPhoto, PhotoRecord, StoredFace
@@ -30,6 +38,8 @@ log = logging.getLogger(__name__)
 # times before the photo is dead-lettered, so one poison photo cannot stall its partition.
 UNEXPECTED_ERROR_ATTEMPTS = 3
 FETCH_CONCURRENCY = 4
+# Decoded photos waiting for inference, beyond the one being decoded and the one in inference.
+DECODED_AHEAD = 1
 
 
 # Indexing waits as long as it takes: a photo is never skipped because a dependency was down.
@@ -45,7 +55,7 @@ class IndexLimits:
 
 @dataclass
 class _SessionRoom:
-    """How full a session is: photos stored, plus those this batch will store."""
+    """How full a session is: photos stored or unsaved, plus those this batch will store."""
 
     session_id: str
     count: int
@@ -59,8 +69,9 @@ class _Work:
     outcome: Publication | None = None
     faces: PhotoFaces | None = None
     superseded_by: "_Work | None" = None
+    takes_place: bool = False  # a photo new to its session, counted against its limit
     started: float = field(default_factory=time.perf_counter)
-    work_ms: float | None = None  # fetch, decode, detect and embed of this photo alone
+    work_ms: float | None = None  # decode, detect and embed of this photo alone
 
     def took_ms(self) -> float:
         elapsed = (
@@ -69,6 +80,23 @@ class _Work:
             else (time.perf_counter() - self.started) * 1000
         )
         return round(elapsed, 1)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        assert self.upload is not None
+        return self.upload.session_id, self.upload.photo
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch analyzed and checked, its photos not saved yet."""
+
+    work: list[_Work]
+    to_save: list[_Work]
+
+
+# A photo's bytes, checked, and its pixels decoded for detection.
+_Decoded = tuple[EncodedPhoto, DecodedPhoto]
 
 
 class PhotoIndexer:
@@ -80,18 +108,30 @@ class PhotoIndexer:
         executor: Executor,
         limits: IndexLimits,
         backoff: Backoff = INDEXING_BACKOFF,
+        *,
+        decoder: Executor | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.source = source
-        self.executor = executor
+        self.executor = executor  # detection and embedding
+        self.decoder = decoder or executor  # decoding, ideally a thread of its own
         self.limits = limits
         self.backoff = backoff
         # At most this many photos in flight from the store at once, whatever the batch size.
         self._fetching = asyncio.Semaphore(FETCH_CONCURRENCY)
+        # Prepared photos whose batch is not saved yet, by (session, photo); a batch's photos
+        # leave only once their transaction has committed.
+        self._unsaved: dict[tuple[str, str], _Work] = {}
 
     async def index_batch(self, events: Sequence[IncomingEvent]) -> list[Publication]:
         """Index a batch; return one publication per event, in event order."""
+        return await self.finish(await self.prepare(events))
+
+    async def prepare(self, events: Sequence[IncomingEvent]) -> PreparedBatch:
+        """Everything but the save: only reads the store. Batches must be finished in the
+        order they were prepared, and a batch may be prepared while the one before it is
+        being finished."""
         work = [_Work(event) for event in events]
         for item in work:
             self._parse(item)
@@ -99,27 +139,24 @@ class PhotoIndexer:
         pending = [item for item in work if item.outcome is None]
         rooms = await self._triage(pending)
         pending = [item for item in pending if item.superseded_by is None]
-
-        to_analyze = [item for item in pending if item.outcome is None]
-        # Every photo of the batch is fetched at once, so S3 round trips overlap each other and
-        # the inference of the photos ahead of them; inference itself runs one photo at a time.
-        fetches = [asyncio.ensure_future(self._fetch(item)) for item in to_analyze]
-        try:
-            for item, fetch in zip(to_analyze, fetches, strict=True):
-                await self._analyze(item, fetch)
-        finally:
-            for fetch in fetches:
-                fetch.cancel()
+        await self._analyze([item for item in pending if item.outcome is None])
 
         analyzed = [item for item in pending if item.outcome is None and item.faces is not None]
         self._enforce_session_limits(analyzed, rooms)
-        await self._save([item for item in analyzed if item.outcome is None])
-        for item in work:
+        to_save = [item for item in analyzed if item.outcome is None]
+        for item in to_save:
+            self._unsaved[item.key] = item
+        return PreparedBatch(work, to_save)
+
+    async def finish(self, batch: PreparedBatch) -> list[Publication]:
+        """Save a prepared batch; return one publication per event, in event order."""
+        await self._save(batch.to_save)
+        for item in batch.work:
             if item.superseded_by is not None:
                 item.outcome = self._like(item, item.superseded_by)
-        for item in work:
+        for item in batch.work:
             self._log(item)
-        return [item.outcome for item in work if item.outcome is not None]
+        return [item.outcome for item in batch.work if item.outcome is not None]
 
     def _parse(self, item: _Work) -> None:
         try:
@@ -145,29 +182,42 @@ class PhotoIndexer:
         return rooms
 
     async def _triage_session(self, session_id: str, items: list[_Work]) -> "_SessionRoom":
+        # The unsaved photos are listed before the store is read: a photo whose batch commits
+        # in between is then found in both, never in neither, and the store's answer (one
+        # snapshot) says which of them its count already holds.
+        unsaved = {
+            photo_id: item
+            for (session, photo_id), item in self._unsaved.items()
+            if session == session_id
+        }
         photo_ids = [item.upload.photo for item in items if item.upload]
-        known = await retry_transient(
-            partial(self.store.known_photos, session_id, photo_ids),
-            "reading known photos",
+        view = await retry_transient(
+            partial(self.store.session_view, session_id, [*photo_ids, *unsaved]),
+            "reading the session's photos",
             self.backoff,
         )
-        count = await retry_transient(
-            partial(self.store.photo_count, session_id), "counting photos", self.backoff
-        )
-        room = _SessionRoom(session_id, count, set(known))
+        known, count = view.known, view.photo_count
+        count += sum(1 for p, item in unsaved.items() if item.takes_place and p not in known)
+        room = _SessionRoom(session_id, count, set(known) | set(unsaved))
         # Within one batch a photo uploaded twice is indexed once, from its last event.
         last_event_of = {item.upload.photo: item for item in items if item.upload}
         for item in items:
             assert item.upload is not None
             photo_id = item.upload.photo
-            record = known.get(photo_id)
-            if record is not None and self._is_replay(item.upload, record):
+            record, before = known.get(photo_id), unsaved.get(photo_id)
+            if before is not None and self._is_redelivery(item.upload, before):
+                item.superseded_by = before  # answered like it once it is saved
+            elif before is None and record is not None and self._is_replay(item.upload, record):
                 item.outcome = self._replayed(item.upload, record, item.took_ms())
             elif last_event_of[photo_id] is not item:
                 item.superseded_by = last_event_of[photo_id]
             elif photo_id not in room.stored and count >= self.limits.max_photos_per_session:
                 item.outcome = self._session_full(item, room)  # full already: not even fetched
         return room
+
+    def _is_redelivery(self, upload: PhotoUploaded, before: _Work) -> bool:
+        assert before.upload is not None
+        return before.upload.event_id == upload.event_id and before.upload.source == upload.source
 
     def _is_replay(self, upload: PhotoUploaded, record: PhotoRecord) -> bool:
         # The same event again (a redelivery, a replayed topic) for the same photo file and the
@@ -193,6 +243,7 @@ class PhotoIndexer:
                 continue
             room.stored.add(item.upload.photo)
             room.count += 1
+            item.takes_place = True
 
     def _session_full(self, item: _Work, room: "_SessionRoom") -> Publication:
         error = SessionFull(
@@ -209,15 +260,70 @@ class PhotoIndexer:
                 partial(self.source.fetch, source), f"fetching {source!r}", self.backoff
             )
 
-    async def _analyze(self, item: _Work, fetch: "asyncio.Future[bytes]") -> None:
+    async def _analyze(self, items: list[_Work]) -> None:
+        """Fetch, decode, detect and embed, setting each photo's faces or its dead letter.
+
+        Every photo is fetched at once, so S3 round trips overlap each other and the work
+        ahead of them. Photos are decoded in order, in the decoder's thread, at most
+        DECODED_AHEAD ahead of the one being detected and embedded in the inference thread:
+        decoding the next photo overlaps this one's inference, and few frames wait in memory.
+        """
+        fetches = [asyncio.ensure_future(self._fetch(item)) for item in items]
+        decoded: asyncio.Queue[tuple[_Work, _Decoded | None]] = asyncio.Queue(DECODED_AHEAD)
+
+        async def decode_in_order() -> None:
+            for item, fetch in zip(items, fetches, strict=True):
+                await decoded.put((item, await self._decoded(item, fetch)))
+
+        decoding = asyncio.ensure_future(decode_in_order())
+        try:
+            for _ in items:
+                item, photo = await decoded.get()
+                if photo is not None:
+                    await self._infer(item, photo)
+        finally:
+            decoding.cancel()
+            for fetch in fetches:
+                fetch.cancel()
+
+    async def _decoded(self, item: _Work, fetch: "asyncio.Future[bytes]") -> "_Decoded | None":
+        """The photo fetched and decoded for detection, or None with its dead letter set."""
         assert item.upload is not None
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
             try:
                 data = await (fetch if attempt == 1 else self._fetch(item))
-                loop = asyncio.get_running_loop()
-                item.faces = await loop.run_in_executor(self.executor, self._faces_of, data)
+                started = time.perf_counter()
+                decoded = await loop.run_in_executor(self.decoder, self._decode, data)
                 item.work_ms = (time.perf_counter() - started) * 1000
+                return decoded
+            except PixoraError as error:
+                item.outcome = dead_letter_publication(item.event, error, attempt)
+                return None
+            except Exception as error:
+                log.exception(
+                    "unexpected error decoding photo %r (attempt %d)", item.upload.photo, attempt
+                )
+                if attempt == UNEXPECTED_ERROR_ATTEMPTS:
+                    item.outcome = dead_letter_publication(item.event, error, attempt)
+        return None
+
+    def _decode(self, data: bytes) -> "_Decoded":
+        photo = EncodedPhoto(
+            data, max_pixels=self.limits.max_image_pixels, min_side_px=self.limits.min_image_side_px
+        )
+        return photo, decode_for_detection(photo)
+
+    async def _infer(self, item: _Work, decoded: "_Decoded") -> None:
+        assert item.upload is not None
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
+            try:
+                started = time.perf_counter()
+                item.faces = await loop.run_in_executor(
+                    self.executor, self.engine.index_decoded, *decoded
+                )
+                item.work_ms = (item.work_ms or 0.0) + (time.perf_counter() - started) * 1000
                 return
             except PixoraError as error:
                 item.outcome = dead_letter_publication(item.event, error, attempt)
@@ -228,12 +334,6 @@ class PhotoIndexer:
                 )
                 if attempt == UNEXPECTED_ERROR_ATTEMPTS:
                     item.outcome = dead_letter_publication(item.event, error, attempt)
-
-    def _faces_of(self, data: bytes) -> PhotoFaces:
-        photo = EncodedPhoto(
-            data, max_pixels=self.limits.max_image_pixels, min_side_px=self.limits.min_image_side_px
-        )
-        return self.engine.index_encoded(photo)
 
     async def _save(self, analyzed: list[_Work]) -> None:
         photos = []
@@ -253,21 +353,12 @@ class PhotoIndexer:
                     faces_dropped=item.faces.dropped,
                 )
             )
-        try:
-            await retry_transient(
-                partial(self.store.save, photos),
-                f"saving a batch of {len(photos)} photos",
-                self.backoff,
-            )
-        except StorageRejected as error:
-            # One photo's rows broke a rule of the database; save the others one by one so
-            # the bad one is dead-lettered alone instead of holding back its whole batch.
-            log.warning(
-                "batch of %d photos refused (%s); saving them one by one", len(photos), error
-            )
-            analyzed = await self._save_one_by_one(analyzed, photos)
-
+        saved = await self._saved(analyzed, photos)
         for item in analyzed:
+            if self._unsaved.get(item.key) is item:
+                del self._unsaved[item.key]
+
+        for item in saved:
             assert item.upload is not None and item.faces is not None
             faces = [
                 FaceFound(
@@ -280,6 +371,23 @@ class PhotoIndexer:
             item.outcome = self._indexed(
                 item.upload, faces, item.faces.dropped, item.took_ms(), replayed=False
             )
+
+    async def _saved(self, analyzed: list[_Work], photos: list[IndexedPhoto]) -> list[_Work]:
+        """Save the photos in one transaction; return the items whose photo was saved."""
+        try:
+            await retry_transient(
+                partial(self.store.save, photos),
+                f"saving a batch of {len(photos)} photos",
+                self.backoff,
+            )
+            return analyzed
+        except StorageRejected as error:
+            # One photo's rows broke a rule of the database; save the others one by one so
+            # the bad one is dead-lettered alone instead of holding back its whole batch.
+            log.warning(
+                "batch of %d photos refused (%s); saving them one by one", len(photos), error
+            )
+            return await self._save_one_by_one(analyzed, photos)
 
     async def _save_one_by_one(
         self, analyzed: list[_Work], photos: list[IndexedPhoto]

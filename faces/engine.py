@@ -82,6 +82,16 @@ class FaceLimits:
     min_face_px: int = 20
 
 
+# Pixels decoded for detection and their scale to the full-size upright photo.
+DecodedPhoto = tuple[np.ndarray, float]
+
+
+def decode_for_detection(photo: EncodedPhoto) -> DecodedPhoto:
+    """The photo decoded at the size detection needs: a long side of at least
+    DETECTION_DECODE_LONG_SIDE_PX, or full size when it is smaller."""
+    return photo.decode(DETECTION_DECODE_LONG_SIDE_PX)
+
+
 class FaceEngine:
     """A detector and a recognizer from one model pack."""
 
@@ -137,7 +147,12 @@ class FaceEngine:
 
         Boxes are reported in pixels of the full-size upright photo, whatever was decoded.
         """
-        pixels, scale = photo.decode(DETECTION_DECODE_LONG_SIDE_PX)
+        return self.index_decoded(photo, decode_for_detection(photo))
+
+    def index_decoded(self, photo: EncodedPhoto, decoded: "DecodedPhoto") -> PhotoFaces:
+        """`index_encoded` on a photo already decoded by `decode_for_detection`, which can run
+        in another thread meanwhile: decoding the next photo then overlaps this inference."""
+        pixels, scale = decoded
         kept, dropped, rejected = self._select(self.detect(pixels), scale)
         smallest = min((face.min_side for face in kept), default=RECOGNITION_MIN_FACE_PX)
         if scale < 1.0 and smallest < RECOGNITION_MIN_FACE_PX:
@@ -167,7 +182,7 @@ class FaceEngine:
 
     def selfie_encoded(self, photo: EncodedPhoto) -> EmbeddedFace | None:
         """`selfie_face` on a selfie decoded at reduced size, its box in full-size pixels."""
-        pixels, scale = photo.decode(DETECTION_DECODE_LONG_SIDE_PX)
+        pixels, scale = decode_for_detection(photo)
         face = self.selfie_face(pixels)
         if face is None:
             return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
+from pgvector import HalfVector
 from pgvector.asyncpg import register_vector
 
 from schemas.errors import StorageUnavailable
@@ -19,6 +20,13 @@ from storage.migrations import apply_migrations
 log = logging.getLogger(__name__)
 
 BoundingBox = tuple[float, float, float, float]
+
+# How far the half-precision similarity of unit vectors can stray from the float32 one:
+# rounding each component to half precision moves a unit vector by at most 2^-11 (4.9e-4),
+# the selfie's and the face's together move their inner product by under 1e-3, and summing
+# 512 products in float32 adds about 3e-5. Five times that bound is still narrow enough to
+# let through only a handful of faces that the exact rescoring then drops.
+HALF_PRECISION_MARGIN = 0.005
 
 # Errors that mean "the database is not there right now", as opposed to "this query is wrong".
 _UNAVAILABLE = (
@@ -63,6 +71,12 @@ class PhotoRecord:
     face_count: int
     faces_dropped: int
     faces: list[tuple[BoundingBox, float]]
+
+
+@dataclass(frozen=True)
+class SessionView:
+    photo_count: int
+    known: dict[str, PhotoRecord]
 
 
 @dataclass(frozen=True)
@@ -115,19 +129,31 @@ class FaceStore:
     async def known_photos(
         self, session_id: str, photo_ids: Sequence[str]
     ) -> dict[str, PhotoRecord]:
+        return (await self.session_view(session_id, photo_ids)).known
+
+    async def session_view(self, session_id: str, photo_ids: Sequence[str]) -> "SessionView":
+        """How many photos the session holds and what it holds of these, in one statement:
+        both are read from the same snapshot, whatever commits meanwhile."""
         async with unavailable_as_retriable("reading photos"):
             rows = await self._pool.fetch(
-                """SELECT p.photo_id, p.event_id, p.source, p.model, p.face_count, p.faces_dropped,
-                          coalesce(array_agg(f.bbox || f.det_score ORDER BY f.face_index)
-                                   FILTER (WHERE f.face_index IS NOT NULL), '{}') AS faces
-                   FROM photos p
-                   LEFT JOIN faces f USING (session_id, photo_id)
-                   WHERE p.session_id = $1 AND p.photo_id = ANY($2::text[])
-                   GROUP BY p.photo_id, p.event_id, p.source, p.model, p.face_count, p.faces_dropped""",
+                """SELECT (SELECT count(*) FROM photos WHERE session_id = $1) AS photo_count,
+                          known.*
+                   FROM (SELECT 1) AS one
+                   LEFT JOIN (
+                       SELECT p.photo_id, p.event_id, p.source, p.model, p.face_count,
+                              p.faces_dropped,
+                              coalesce(array_agg(f.bbox || f.det_score ORDER BY f.face_index)
+                                       FILTER (WHERE f.face_index IS NOT NULL), '{}') AS faces
+                       FROM photos p
+                       LEFT JOIN faces f USING (session_id, photo_id)
+                       WHERE p.session_id = $1 AND p.photo_id = ANY($2::text[])
+                       GROUP BY p.photo_id, p.event_id, p.source, p.model, p.face_count,
+                                p.faces_dropped
+                   ) AS known ON true""",
                 session_id,
                 list(photo_ids),
             )
-        return {
+        known = {
             row["photo_id"]: PhotoRecord(
                 session_id=session_id,
                 photo_id=row["photo_id"],
@@ -139,7 +165,9 @@ class FaceStore:
                 faces=[(tuple(face[:4]), float(face[4])) for face in row["faces"]],
             )
             for row in rows
+            if row["photo_id"] is not None
         }
+        return SessionView(photo_count=rows[0]["photo_count"], known=known)
 
     async def photo_count(self, session_id: str) -> int:
         async with unavailable_as_retriable("counting photos"):
@@ -209,21 +237,32 @@ class FaceStore:
     ) -> list[Match]:
         """The session's photos whose best face reaches the threshold, best first.
 
-        Exact: every face of the session is compared, through the primary key's session range.
-        Embeddings are stored unit-length, so the cosine similarity is the inner product: the
-        negated `<#>`, a third of the arithmetic of `1 - (a <=> b)` with the same value to
-        float32 precision. Faces under the threshold are dropped before the per-photo
-        de-duplication, so only the matches are sorted; OFFSET 0 keeps the planner from
-        computing each similarity twice.
+        Exact: every face of the session is compared. Embeddings are stored unit-length, so the
+        cosine similarity is the inner product, the negated `<#>`. The scan reads only the
+        index on (session, model), which carries each face's half-precision embedding, and
+        keeps the faces within HALF_PRECISION_MARGIN under the threshold; only those are looked
+        up in the table and compared again with their float32 embedding before the threshold
+        applies. Faces under it are dropped before the per-photo de-duplication, so only the
+        matches are sorted. Each OFFSET 0 keeps the planner from merging a step into the one
+        before it, which would read float32 embeddings during the scan or compute them twice.
         """
         async with unavailable_as_retriable("searching"):
             rows = await self._pool.fetch(
                 """SELECT photo_id, similarity, bbox FROM (
                        SELECT DISTINCT ON (photo_id) photo_id, similarity, bbox
                        FROM (
-                           SELECT photo_id, face_index, bbox, -(embedding <#> $3) AS similarity
-                           FROM faces
-                           WHERE session_id = $1 AND model = $2
+                           SELECT f.photo_id, f.face_index, f.bbox,
+                                  -(f.embedding <#> $3) AS similarity
+                           FROM (
+                               SELECT photo_id, face_index
+                               FROM faces
+                               WHERE session_id = $1 AND model = $2
+                                 AND -(embedding_half <#> $6) >= $7
+                               OFFSET 0
+                           ) near
+                           JOIN faces f ON f.session_id = $1
+                                       AND f.photo_id = near.photo_id
+                                       AND f.face_index = near.face_index
                            OFFSET 0
                        ) scored
                        WHERE similarity >= $4
@@ -236,6 +275,8 @@ class FaceStore:
                 embedding,
                 threshold,
                 limit,
+                HalfVector(embedding),
+                threshold - HALF_PRECISION_MARGIN,
             )
         return [
             Match(row["photo_id"], float(row["similarity"]), tuple(row["bbox"])) for row in rows

@@ -6,10 +6,10 @@ answers are delivered to Kafka, so a worker killed at any point redelivers rathe
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from faust import Stream
@@ -17,7 +17,7 @@ from faust.types import EventT, StreamT
 from mode import BaseSignalT
 
 from agents.events import IncomingEvent, Publication
-from agents.indexing import IndexLimits, PhotoIndexer
+from agents.indexing import IndexLimits, PhotoIndexer, PreparedBatch
 from agents.retrying import Backoff, retry_transient
 from agents.searching import SearchPolicy, SelfieSearcher
 from faces.engine import FaceEngine, FaceLimits
@@ -30,6 +30,8 @@ from streams.topics import TopicNames
 from streams.transport import PixoraApp
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Searches arrive one by one and a guest waits for each: a short window, small batches.
 SEARCH_BATCH_SIZE = 4
@@ -77,8 +79,10 @@ class WorkerResources:
         self._store: FaceStore | None = None
         self._source: PhotoSource | None = None
         # One inference thread: ONNX Runtime already spreads one call over every core, and a
-        # second caller would only contend for them.
+        # second caller would only contend for them. Decoding has a thread of its own, so the
+        # next photo is decoded while this one is in inference.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
     async def agents(self) -> tuple[PhotoIndexer, SelfieSearcher]:
         async with self._lock:
@@ -101,6 +105,7 @@ class WorkerResources:
                 max_image_pixels=settings.max_image_pixels,
                 min_image_side_px=settings.min_image_side_px,
             ),
+            decoder=self._decoder,
         )
         searcher = SelfieSearcher(
             engine,
@@ -123,6 +128,7 @@ class WorkerResources:
         if self._source is not None:
             await self._source.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
 
 async def _open_store(dsn: str) -> FaceStore:
@@ -205,13 +211,31 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         batches = _event_batches(
             stream, settings.indexing_batch_size, settings.indexing_batch_window_s
         )
-        async for events in batches:
-            incoming = [_incoming(event) for event in events]
-            await _until_done(
-                partial(indexer.index_batch, incoming), publish, f"batch of {len(incoming)} uploads"
-            )
+
+        async def finish(prepared: PreparedBatch, events: Sequence[EventT[bytes]]) -> None:
+            async def save_and_answer() -> None:
+                await publish(await indexer.finish(prepared))
+
+            await _until_done(save_and_answer, f"saving a batch of {len(events)} uploads")
             for event in events:
                 await stream.ack(event)
+
+        # A batch is saved, answered and acknowledged in the background while the next one is
+        # prepared, so inference does not wait for the database or the broker; batches are
+        # still finished one at a time and in order.
+        finishing: asyncio.Future[None] | None = None
+        try:
+            async for events in batches:
+                incoming = [_incoming(event) for event in events]
+                prepared = await _until_done(
+                    partial(indexer.prepare, incoming), f"a batch of {len(incoming)} uploads"
+                )
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.ensure_future(finish(prepared, events))
+        finally:
+            if finishing is not None:
+                finishing.cancel()  # its events are not acknowledged: they come again
 
     @app.agent(topic(names.search_requested), name="answer-searches")
     async def answer_searches(stream: StreamT[bytes]) -> None:
@@ -219,11 +243,11 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         async for events in _event_batches(stream, SEARCH_BATCH_SIZE, SEARCH_BATCH_WINDOW_S):
             for event in events:
                 request = _incoming(event)
-                await _until_done(
-                    partial(searcher.answer, request),
-                    publish,
-                    f"search at offset {request.offset}",
-                )
+
+                async def answer(request: IncomingEvent = request) -> None:
+                    await publish(await searcher.answer(request))
+
+                await _until_done(answer, f"search at offset {request.offset}")
                 await stream.ack(event)
 
     @app.on_before_shutdown.connect
@@ -234,8 +258,8 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
     return app
 
 
-async def _until_done(work: Any, publish: Any, what: str) -> None:
-    """Run an agent's work and publish its answers, retrying anything that escapes.
+async def _until_done(work: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run an agent's step, retrying anything that escapes it.
 
     The agents turn every foreseen fault into an answer or a dead letter; what still escapes
     (a broker refusing the answers, a bug) must not end the agent, which would leave its
@@ -245,8 +269,7 @@ async def _until_done(work: Any, publish: Any, what: str) -> None:
     attempt = 1
     while True:
         try:
-            await publish(await work())
-            return
+            return await work()
         except asyncio.CancelledError:
             raise
         except Exception:

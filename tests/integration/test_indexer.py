@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.events import IncomingEvent
+from agents.events import IncomingEvent, Publication
 from agents.indexing import IndexLimits, PhotoIndexer
 from faces.engine import FaceEngine
 from storage.face_store import FaceStore
@@ -91,4 +91,63 @@ async def test_the_same_event_id_with_another_source_is_indexed_not_replayed(
 
     assert json.loads(again[0].value)["replayed"] is True
     assert json.loads(other[0].value)["replayed"] is False
+    assert await store.face_count(session) == 1
+
+
+def answers_of(published: list[Publication]) -> list[dict[str, object]]:
+    return [json.loads(publication.value) for publication in published]
+
+
+async def test_a_batch_prepared_before_the_last_one_is_saved_counts_its_photos(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    # The agent prepares the next batch while the last one is being saved: the session limit
+    # must count the photos of both, although the store holds neither yet.
+    indexer = PhotoIndexer(
+        engine,
+        store,
+        LocalPhotoSource(photos, 10**8),
+        executor,
+        IndexLimits(max_photos_per_session=3),
+        decoder=executor,
+    )
+    session = new_session()
+    first = await indexer.prepare(
+        batch([upload(session, "obama.jpg"), upload(session, "obama2.jpg")])
+    )
+    second = await indexer.prepare(
+        batch([upload(session, "biden.jpg"), upload(session, "two_people.jpg")])
+    )
+    assert await store.photo_count(session) == 0
+
+    first_answers = answers_of(await indexer.finish(first))
+    second_answers = answers_of(await indexer.finish(second))
+
+    assert [answer["status"] for answer in first_answers] == ["indexed", "indexed"]
+    assert [answer.get("error_code") or answer["status"] for answer in second_answers] == [
+        "indexed",
+        "session_full",
+    ]
+    assert await store.photo_count(session) == 3
+
+
+async def test_an_event_redelivered_before_its_batch_is_saved_is_answered_as_a_replay(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    session = new_session()
+    event = upload(session, "two_people.jpg", photo_id="group", event_id="event-1")
+    first = await indexer.prepare(batch([event]))
+    redelivered = await indexer.prepare(batch([event]))
+    newer = await indexer.prepare(batch([dict(event, event_id="event-2", source="obama.jpg")]))
+
+    original = answers_of(await indexer.finish(first))[0]
+    replayed = answers_of(await indexer.finish(redelivered))[0]
+    reuploaded = answers_of(await indexer.finish(newer))[0]
+
+    assert (original["replayed"], original["face_count"]) == (False, 2)
+    assert (replayed["replayed"], replayed["faces"]) == (True, original["faces"])
+    assert (reuploaded["replayed"], reuploaded["face_count"]) == (False, 1)
+    stored = await store.known_photos(session, ["group"])
+    assert stored["group"].event_id == "event-2"
     assert await store.face_count(session) == 1
