@@ -18,10 +18,11 @@ a replay rather than indexed twice.
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from agents.events import IncomingEvent, Publication, dead_letter_publication, rounded_box
 from agents.retrying import Backoff, retry_transient
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 UNEXPECTED_ERROR_ATTEMPTS = 3
 FETCH_CONCURRENCY = 4
 # Decoded photos waiting for inference, beyond the one being decoded and the one in inference.
-DECODED_AHEAD = 1
+DECODED_AHEAD = 3
+# Photos of the next batch fetched and decoded while the batch before is in inference.
+PREFETCHED_PER_BATCH = 2
 
 
 # Indexing waits as long as it takes: a photo is never skipped because a dependency was down.
@@ -99,6 +102,19 @@ class PreparedBatch:
 _Decoded = tuple[EncodedPhoto, DecodedPhoto]
 
 
+def _prefetch_key(upload: PhotoUploaded) -> tuple[str, ...]:
+    return upload.session_id, upload.photo, upload.event_id, upload.source
+
+
+def _discard(future: "asyncio.Future[Any] | None") -> None:
+    """Cancel work no longer wanted; a failure it already had is not an error of anyone's."""
+    if future is None:
+        return
+    if future.done() and not future.cancelled():
+        future.exception()
+    future.cancel()
+
+
 class PhotoIndexer:
     def __init__(
         self,
@@ -123,15 +139,20 @@ class PhotoIndexer:
         # Prepared photos whose batch is not saved yet, by (session, photo); a batch's photos
         # leave only once their transaction has committed.
         self._unsaved: dict[tuple[str, str], _Work] = {}
+        # Photos decoded ahead by `prefetch`, until their batch is prepared.
+        self._prefetched: dict[tuple[str, ...], asyncio.Future[_Decoded]] = {}
 
     async def index_batch(self, events: Sequence[IncomingEvent]) -> list[Publication]:
         """Index a batch; return one publication per event, in event order."""
         return await self.finish(await self.prepare(events))
 
-    async def prepare(self, events: Sequence[IncomingEvent]) -> PreparedBatch:
+    async def prepare(
+        self, events: Sequence[IncomingEvent], on_decoded: Callable[[], None] | None = None
+    ) -> PreparedBatch:
         """Everything but the save: only reads the store. Batches must be finished in the
         order they were prepared, and a batch may be prepared while the one before it is
-        being finished."""
+        being finished. `on_decoded` is called once the batch's last photo is decoded: the
+        decoder is free from then on, for the next batch's `prefetch`."""
         work = [_Work(event) for event in events]
         for item in work:
             self._parse(item)
@@ -139,7 +160,12 @@ class PhotoIndexer:
         pending = [item for item in work if item.outcome is None]
         rooms = await self._triage(pending)
         pending = [item for item in pending if item.superseded_by is None]
-        await self._analyze([item for item in pending if item.outcome is None])
+        try:
+            await self._analyze([item for item in pending if item.outcome is None], on_decoded)
+        finally:
+            for item in work:  # decoded ahead for nothing: a replay, a duplicate, a full session
+                if item.upload is not None:
+                    _discard(self._prefetched.pop(_prefetch_key(item.upload), None))
 
         analyzed = [item for item in pending if item.outcome is None and item.faces is not None]
         self._enforce_session_limits(analyzed, rooms)
@@ -147,6 +173,36 @@ class PhotoIndexer:
         for item in to_save:
             self._unsaved[item.key] = item
         return PreparedBatch(work, to_save)
+
+    def prefetch(self, events: Sequence[IncomingEvent]) -> None:
+        """Start fetching and decoding the first photos of a batch not prepared yet.
+
+        Called once the batch before has its photos decoded and is in inference, so that this
+        one's inference does not start by waiting for its first photo. `prepare` uses what its
+        checks keep and drops the rest (a replay, a photo for a full session).
+        """
+        started = 0
+        for event in events:
+            if started == PREFETCHED_PER_BATCH:
+                break
+            try:
+                upload = PhotoUploaded.parse(event.value)
+            except PixoraError:
+                continue  # `prepare` dead-letters it
+            key = _prefetch_key(upload)
+            if key not in self._prefetched:
+                self._prefetched[key] = asyncio.ensure_future(self._fetch_and_decode(upload))
+                started += 1
+
+    @property
+    def decoded_ahead(self) -> int:
+        """Photos fetched and decoded by `prefetch` that no batch has taken yet."""
+        return len(self._prefetched)
+
+    def drop_prefetched(self) -> None:
+        for future in self._prefetched.values():
+            _discard(future)
+        self._prefetched.clear()
 
     async def finish(self, batch: PreparedBatch) -> list[Publication]:
         """Save a prepared batch; return one publication per event, in event order."""
@@ -254,13 +310,17 @@ class PhotoIndexer:
 
     async def _fetch(self, item: _Work) -> bytes:
         assert item.upload is not None
-        source = item.upload.source
+        return await self._fetch_source(item.upload.source)
+
+    async def _fetch_source(self, source: str) -> bytes:
         async with self._fetching:
             return await retry_transient(
                 partial(self.source.fetch, source), f"fetching {source!r}", self.backoff
             )
 
-    async def _analyze(self, items: list[_Work]) -> None:
+    async def _analyze(
+        self, items: list[_Work], on_decoded: Callable[[], None] | None = None
+    ) -> None:
         """Fetch, decode, detect and embed, setting each photo's faces or its dead letter.
 
         Every photo is fetched at once, so S3 round trips overlap each other and the work
@@ -268,12 +328,20 @@ class PhotoIndexer:
         DECODED_AHEAD ahead of the one being detected and embedded in the inference thread:
         decoding the next photo overlaps this one's inference, and few frames wait in memory.
         """
-        fetches = [asyncio.ensure_future(self._fetch(item)) for item in items]
+        ready = [
+            self._prefetched.pop(_prefetch_key(item.upload), None) for item in items if item.upload
+        ]
+        fetches = [
+            None if ahead is not None else asyncio.ensure_future(self._fetch(item))
+            for item, ahead in zip(items, ready, strict=True)
+        ]
         decoded: asyncio.Queue[tuple[_Work, _Decoded | None]] = asyncio.Queue(DECODED_AHEAD)
 
         async def decode_in_order() -> None:
-            for item, fetch in zip(items, fetches, strict=True):
-                await decoded.put((item, await self._decoded(item, fetch)))
+            for item, fetch, ahead in zip(items, fetches, ready, strict=True):
+                await decoded.put((item, await self._decoded(item, fetch, ahead)))
+            if on_decoded is not None:
+                on_decoded()
 
         decoding = asyncio.ensure_future(decode_in_order())
         try:
@@ -283,18 +351,28 @@ class PhotoIndexer:
                     await self._infer(item, photo)
         finally:
             decoding.cancel()
-            for fetch in fetches:
-                fetch.cancel()
+            for pending in [*fetches, *ready]:
+                _discard(pending)
 
-    async def _decoded(self, item: _Work, fetch: "asyncio.Future[bytes]") -> "_Decoded | None":
-        """The photo fetched and decoded for detection, or None with its dead letter set."""
+    async def _decoded(
+        self,
+        item: _Work,
+        fetch: "asyncio.Future[bytes] | None",
+        ahead: "asyncio.Future[_Decoded] | None",
+    ) -> "_Decoded | None":
+        """The photo fetched and decoded for detection, or None with its dead letter set.
+
+        The first attempt uses the photo's fetch in flight, or its decode from `prefetch`."""
         assert item.upload is not None
-        loop = asyncio.get_running_loop()
         for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
             try:
-                data = await (fetch if attempt == 1 else self._fetch(item))
                 started = time.perf_counter()
-                decoded = await loop.run_in_executor(self.decoder, self._decode, data)
+                if attempt == 1 and ahead is not None:
+                    decoded = await ahead
+                else:
+                    data = await (fetch if attempt == 1 and fetch else self._fetch(item))
+                    started = time.perf_counter()
+                    decoded = await self._decode_off_loop(data)
                 item.work_ms = (time.perf_counter() - started) * 1000
                 return decoded
             except PixoraError as error:
@@ -307,6 +385,13 @@ class PhotoIndexer:
                 if attempt == UNEXPECTED_ERROR_ATTEMPTS:
                     item.outcome = dead_letter_publication(item.event, error, attempt)
         return None
+
+    async def _fetch_and_decode(self, upload: PhotoUploaded) -> "_Decoded":
+        return await self._decode_off_loop(await self._fetch_source(upload.source))
+
+    async def _decode_off_loop(self, data: bytes) -> "_Decoded":
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.decoder, self._decode, data)
 
     def _decode(self, data: bytes) -> "_Decoded":
         photo = EncodedPhoto(

@@ -44,6 +44,9 @@ from faces.engine import FaceEngine, PhotoFaces
 from streams.settings import Settings
 
 DEFAULTS = Settings()
+# Sessions per pipeline burst: a stream's throughput is its steady rate, and the fixed latency
+# of one burst (batch window, broker fetches) would otherwise weigh on a few seconds of work.
+PIPELINE_PASSES = 3
 
 
 def naive_faces(engine: FaceEngine, data: bytes) -> tuple[PhotoFaces, float]:
@@ -90,7 +93,7 @@ def run_loops(
     engine: FaceEngine,
     paths: Sequence[Path],
     repeats: int,
-    works: dict[str, Callable[[FaceEngine, bytes], tuple[PhotoFaces, float]]],
+    works: dict[str, Callable[[FaceEngine, bytes], tuple[PhotoFaces, float | None]]],
 ) -> dict[str, PathResult]:
     """Each path on each photo in turn, alternating their order, `repeats` times; mean per pass.
 
@@ -117,32 +120,71 @@ def run_loops(
     }
 
 
-async def run_pipeline(sets: dict[str, list[Path]], repeats: int) -> dict[str, PathResult]:
-    results: dict[str, PathResult] = {}
+async def run_interleaved(
+    engine: FaceEngine, sets: dict[str, list[Path]], rounds: int
+) -> tuple[dict[str, PathResult], dict[str, PathResult], dict[str, PathResult]]:
+    """naive, bare and pipeline results per set, measured in alternating rounds.
+
+    Each round runs one naive+bare pass in this process while the worker and the broker are
+    paused (SIGSTOP: they take no CPU, as if absent), then one pipeline burst of
+    PIPELINE_PASSES sessions. Alternating keeps the machine's drift out of pipeline/bare as
+    the photo-by-photo alternation keeps it out of bare/naive.
+    """
+    naive: dict[str, PathResult] = {}
+    bare: dict[str, PathResult] = {}
+    pipeline: dict[str, PathResult] = {}
     print("... starting broker, fresh PostgreSQL and a worker subprocess", flush=True)
-    with Stack("indexing") as stack:
+    # A long group session, so that a worker paused through a pass stays in its group.
+    with Stack("indexing", KAFKA_SESSION_TIMEOUT_S="40") as stack:
         async with client_for(stack) as client:
             with stage("warming the worker (consumer group join, model load)"):
-                warm = small_fixtures()[:1]
-                await stack.index(client, new_session("bench-warm"), warm)
+                await stack.index(client, new_session("bench-warm"), small_fixtures()[:1])
             for name, paths in sets.items():
-                # The set goes through `repeats` times, each into a session of its own and all
-                # published at once, as the bare loops go through it `repeats` times: a
-                # throughput, not the latency of one short burst.
-                # Warm on the set's first photo, untimed, as the bare loops do before theirs.
+                # Warm on the set's first photo, untimed, in both processes.
                 await stack.index(client, new_session(f"bench-warm-{name}"), paths[:1])
-                sessions = [new_session(f"bench-{name}-{n}") for n in range(repeats)]
-                with stage(f"pipeline: {len(paths)} photos of {name}, x{repeats}"):
-                    run = await stack.index(client, sessions, paths)
-                committed = sum([await stack.committed_photos(session) for session in sessions])
-                if committed != repeats * len(paths) - len(run.dead_letters):
-                    raise RuntimeError(f"{committed} photos committed of {repeats * len(paths)}")
-                results[name] = PathResult(
-                    run.seconds / repeats,
-                    {photo: int(doc["face_count"]) for photo, doc in run.answers.items()},
-                    dead=sorted(run.dead_letters),
-                )
-    return results
+                loops: dict[str, list[PathResult]] = {"naive": [], "bare": []}
+                bursts: list[PathResult] = []
+                for round_ in range(rounds):
+                    title = f"{name}, round {round_ + 1}/{rounds}: naive and bare, one pass"
+                    with stage(title), stack.paused():
+                        passes = run_loops(
+                            engine, paths, 1, {"naive": naive_faces, "bare": product_faces}
+                        )
+                    for label, result in passes.items():
+                        loops[label].append(result)
+                    sessions = [
+                        new_session(f"bench-{name}-{round_}-{n}") for n in range(PIPELINE_PASSES)
+                    ]
+                    with stage(
+                        f"{name}, round {round_ + 1}/{rounds}: pipeline, x{PIPELINE_PASSES}"
+                    ):
+                        run = await stack.index(client, sessions, paths)
+                    committed = sum([await stack.committed_photos(s) for s in sessions])
+                    if committed != PIPELINE_PASSES * len(paths) - len(run.dead_letters):
+                        raise RuntimeError(
+                            f"{committed} photos committed of {len(sessions) * len(paths)}"
+                        )
+                    bursts.append(
+                        PathResult(
+                            run.seconds / PIPELINE_PASSES,
+                            {photo: int(doc["face_count"]) for photo, doc in run.answers.items()},
+                            dead=sorted(run.dead_letters),
+                        )
+                    )
+                naive[name], bare[name] = merged(loops["naive"]), merged(loops["bare"])
+                pipeline[name] = merged(bursts)
+    return naive, bare, pipeline
+
+
+def merged(results: list[PathResult]) -> PathResult:
+    """The mean pass of several."""
+    decode = [result.decode_s for result in results if result.decode_s is not None]
+    return PathResult(
+        sum(result.seconds for result in results) / len(results),
+        results[-1].faces,
+        sum(decode) / len(decode) if decode else None,
+        dead=sorted({photo for result in results for photo in result.dead}),
+    )
 
 
 def main() -> None:
@@ -163,18 +205,8 @@ def main() -> None:
     }
     expected = {photo.name: photo.expected_faces for photo in built}
 
-    naive: dict[str, PathResult] = {}
-    bare: dict[str, PathResult] = {}
-    repeats = 2 if arguments.quick else 3
-    for name, paths in sets.items():
-        with stage(f"naive and bare loops, interleaved, x{repeats}: {len(paths)} photos of {name}"):
-            loops = run_loops(engine, paths, repeats, {"naive": naive_faces, "bare": product_faces})
-            naive[name], bare[name] = loops["naive"], loops["bare"]
-    del engine
-    # Three times the bare loops' passes: a stream's throughput is its steady rate, and the
-    # fixed latency of one burst (batch window, broker fetches, the last answer's trip back)
-    # would otherwise weigh on a few seconds of work.
-    pipeline = asyncio.run(run_pipeline(sets, 3 * repeats))
+    rounds = 2 if arguments.quick else 3
+    naive, bare, pipeline = asyncio.run(run_interleaved(engine, sets, rounds))
 
     rows = []
     ratios = []

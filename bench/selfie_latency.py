@@ -58,7 +58,8 @@ async def end_to_end(
     worker_ms: list[float] = []
     print("... starting broker, fresh PostgreSQL and a worker subprocess", flush=True)
     with Stack("selfie") as stack:
-        async with client_for(stack) as client:
+        # A guest's answer is consumed by a client polling like the worker does.
+        async with client_for(stack, stack.settings.kafka_fetch_max_wait_ms) as client:
             session = new_session("bench-selfie")
             with stage("indexing the fixture photos into the session (also warms the worker)"):
                 await stack.index(client, session, small_fixtures())

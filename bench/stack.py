@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -93,6 +94,9 @@ def new_session(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+CLIENT_FETCH_MAX_WAIT_MS = 250
+
+
 class Stack:
     """Broker + fresh PostgreSQL + one worker subprocess; use as a context manager."""
 
@@ -102,6 +106,7 @@ class Stack:
         self._exit = contextlib.ExitStack()
         self.settings: Any = None
         self.worker: Any = None
+        self.broker: Any = None
         self.database_url = ""
 
     def __enter__(self) -> Stack:
@@ -118,6 +123,7 @@ class Stack:
             self._exit.callback(database.stop)
             broker = EmbeddedBroker.start(self.run_dir / "tansu.log")
             self._exit.callback(broker.stop)
+            self.broker = broker
             self.database_url = database.url
             self.settings = Settings(
                 kafka_broker_url=broker.url,
@@ -144,6 +150,19 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self._exit.close()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The worker and the broker stopped (SIGSTOP) for the block: no CPU of theirs, no
+        polling, as if they were not there; they carry on afterwards."""
+        pids = [self.worker.process.pid, self.broker.process.pid]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
     @property
     def worker_pid(self) -> int:
         pid: int = self.worker.process.pid
@@ -159,13 +178,15 @@ class Stack:
         self, client: Any, session_id: str | Sequence[str], paths: Sequence[Path]
     ) -> IndexRun:
         """Publish one upload per path (per session, when several are given, all published
-        before the first answer is awaited); time first publish to last answer."""
+        before the first answer is awaited); time first publish to the last answer's send."""
         sessions = [session_id] if isinstance(session_id, str) else list(session_id)
         events = [upload_event(session, path) for session in sessions for path in paths]
         wanted = {event["event_id"] for event in events}
-        started = time.perf_counter()
+        started = time.time()
         found = await client.upload(events, ANSWER_TIMEOUT_S)
-        seconds = time.perf_counter() - started
+        # Up to the moment the worker sent its last answer (the record's timestamp, same
+        # clock): how soon this client polls for answers is not what is measured.
+        seconds = max((answer.produced_at for answer in found.values()), default=started) - started
         self.check_worker()
         if set(found) != wanted:
             raise RuntimeError(f"{len(wanted) - len(found)} upload(s) got no answer in time")
@@ -204,10 +225,16 @@ class Stack:
         return seconds, found[request["request_id"]]
 
 
-def client_for(stack: Stack) -> Any:
+def client_for(stack: Stack, fetch_max_wait_ms: int = CLIENT_FETCH_MAX_WAIT_MS) -> Any:
+    """The benchmark's own producer and consumer. Tansu holds every empty fetch for the
+    consumer's whole wait and spends CPU on each one, on the same two cores as the worker; a
+    client that only collects answers polls less often than a worker (which must answer
+    searches quickly), so that it loads the measured stack less."""
     from streams.client import EventClient
 
-    return EventClient(stack.settings)
+    return EventClient(
+        stack.settings.model_copy(update={"kafka_fetch_max_wait_ms": fetch_max_wait_ms})
+    )
 
 
 def proc_status(pid: int) -> dict[str, int]:

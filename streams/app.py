@@ -17,7 +17,7 @@ from faust.types import EventT, StreamT
 from mode import BaseSignalT
 
 from agents.events import IncomingEvent, Publication
-from agents.indexing import IndexLimits, PhotoIndexer, PreparedBatch
+from agents.indexing import IndexLimits, PhotoIndexer
 from agents.retrying import Backoff, retry_transient
 from agents.searching import SearchPolicy, SelfieSearcher
 from faces.engine import FaceEngine, FaceLimits
@@ -212,7 +212,23 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
             stream, settings.indexing_batch_size, settings.indexing_batch_window_s
         )
 
-        async def finish(prepared: PreparedBatch, events: Sequence[EventT[bytes]]) -> None:
+        async def index(
+            events: Sequence[EventT[bytes]], run: _BatchRun, before: _BatchRun | None
+        ) -> None:
+            incoming = [_incoming(event) for event in events]
+            if before is not None:
+                await before.prepared.wait()  # one batch in inference at a time, in order
+            try:
+                prepared = await _until_done(
+                    partial(indexer.prepare, incoming, run.decoded.set),
+                    f"a batch of {len(events)} uploads",
+                )
+            finally:
+                run.decoded.set()
+                run.prepared.set()
+            if before is not None:
+                await before.finished  # saved, answered and acknowledged in order
+
             async def save_and_answer() -> None:
                 await publish(await indexer.finish(prepared))
 
@@ -220,22 +236,23 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
             for event in events:
                 await stream.ack(event)
 
-        # A batch is saved, answered and acknowledged in the background while the next one is
-        # prepared, so inference does not wait for the database or the broker; batches are
-        # still finished one at a time and in order.
-        finishing: asyncio.Future[None] | None = None
+        # Batches overlap: one is saved, answered and acknowledged while the next is in
+        # inference and the one after has its first photos fetched and decoded, so inference
+        # does not wait for the database, the broker or a batch boundary. The next batch is
+        # taken once this one's photos are all decoded, which bounds how many are in hand.
+        running: list[_BatchRun] = []
         try:
             async for events in batches:
-                incoming = [_incoming(event) for event in events]
-                prepared = await _until_done(
-                    partial(indexer.prepare, incoming), f"a batch of {len(incoming)} uploads"
-                )
-                if finishing is not None:
-                    await finishing
-                finishing = asyncio.ensure_future(finish(prepared, events))
+                indexer.prefetch([_incoming(event) for event in events])
+                before = running[-1] if running else None
+                run = _BatchRun()
+                run.finished = asyncio.ensure_future(index(events, run, before))
+                running = [*[r for r in running if not r.finished.done()], run]
+                await run.decoded.wait()
         finally:
-            if finishing is not None:
-                finishing.cancel()  # its events are not acknowledged: they come again
+            for run in running:
+                run.finished.cancel()  # their events are not acknowledged: they come again
+            indexer.drop_prefetched()
 
     @app.agent(topic(names.search_requested), name="answer-searches")
     async def answer_searches(stream: StreamT[bytes]) -> None:
@@ -256,6 +273,15 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         await resources.close()
 
     return app
+
+
+class _BatchRun:
+    """One batch of uploads on its way through the index agent."""
+
+    def __init__(self) -> None:
+        self.decoded = asyncio.Event()  # its photos are decoded: the decoder is free
+        self.prepared = asyncio.Event()  # analyzed and checked: the next batch may start
+        self.finished: asyncio.Future[None]  # saved, answered and acknowledged
 
 
 async def _until_done(work: Callable[[], Awaitable[T]], what: str) -> T:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class Answer:
     topic: str
     document: dict[str, Any]
+    produced_at: float = 0.0  # the record's timestamp: when the worker sent it, in epoch seconds
 
 
 class EventClient:
@@ -134,7 +135,11 @@ class EventClient:
             for records in batches.values():
                 for record in records:
                     try:
-                        answer = Answer(record.topic, json.loads(record.value or b"null"))
+                        answer = Answer(
+                            record.topic,
+                            json.loads(record.value or b"null"),
+                            record.timestamp / 1000,
+                        )
                     except ValueError:
                         continue
                     key = answer_id(answer)

@@ -66,7 +66,9 @@ class Settings(BaseSettings):
 
     # Indexing.
     indexing_batch_size: int = Field(default=10, ge=1)
-    indexing_batch_window_s: float = Field(default=0.2, gt=0)
+    # How long a batch waits for more uploads once it has one. The next batch fills while the
+    # last is in inference, so a longer wait only delays the end of a burst.
+    indexing_batch_window_s: float = Field(default=0.02, gt=0)
     max_faces_per_photo: int = Field(default=10, ge=1)
     max_photos_per_session: int = Field(default=1000, ge=1)
     min_detection_score: float = Field(default=0.5, ge=0.0, le=1.0)

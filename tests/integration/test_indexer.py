@@ -151,3 +151,25 @@ async def test_an_event_redelivered_before_its_batch_is_saved_is_answered_as_a_r
     stored = await store.known_photos(session, ["group"])
     assert stored["group"].event_id == "event-2"
     assert await store.face_count(session) == 1
+
+
+async def test_photos_decoded_ahead_are_used_by_their_batch_and_none_is_left_behind(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    session = new_session()
+    stored = upload(session, "two_people.jpg", photo_id="group", event_id="event-1")
+    await indexer.index_batch(batch([stored]))
+    events = batch([stored, upload(session, "biden.jpg"), upload(session, "obama.jpg")])
+
+    indexer.prefetch(events)  # the replay and biden.jpg, the first two
+    assert indexer.decoded_ahead == 2
+    answers = answers_of(await indexer.index_batch(events))
+
+    assert [(a["photo_id"], a["replayed"], a["face_count"]) for a in answers] == [
+        ("group", True, 2),
+        ("biden", False, 1),
+        ("obama", False, 1),
+    ]
+    assert indexer.decoded_ahead == 0
+    assert await store.photo_count(session) == 3
