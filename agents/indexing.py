@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 UNEXPECTED_ERROR_ATTEMPTS = 3
 FETCH_CONCURRENCY = 4
 # Decoded photos waiting for inference, beyond the one being decoded and the one in inference.
-DECODED_AHEAD = 3
+DECODED_AHEAD = 1
 # Photos of the next batch fetched and decoded while the batch before is in inference.
-PREFETCHED_PER_BATCH = 2
+PREFETCHED_PER_BATCH = 1
 
 
 # Indexing waits as long as it takes: a photo is never skipped because a dependency was down.

@@ -46,7 +46,7 @@ from streams.settings import Settings
 DEFAULTS = Settings()
 # Sessions per pipeline burst: a stream's throughput is its steady rate, and the fixed latency
 # of one burst (batch window, broker fetches) would otherwise weigh on a few seconds of work.
-PIPELINE_PASSES = 3
+PIPELINE_PASSES = 6
 
 
 def naive_faces(engine: FaceEngine, data: bytes) -> tuple[PhotoFaces, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agents import indexing
 from agents.events import IncomingEvent, Publication
 from agents.indexing import IndexLimits, PhotoIndexer
 from faces.engine import FaceEngine
@@ -154,8 +155,13 @@ async def test_an_event_redelivered_before_its_batch_is_saved_is_answered_as_a_r
 
 
 async def test_photos_decoded_ahead_are_used_by_their_batch_and_none_is_left_behind(
-    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+    engine: FaceEngine,
+    store: FaceStore,
+    photos: Path,
+    executor: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(indexing, "PREFETCHED_PER_BATCH", 2)
     indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
     session = new_session()
     stored = upload(session, "two_people.jpg", photo_id="group", event_id="event-1")
