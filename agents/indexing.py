@@ -26,7 +26,7 @@ from typing import Any
 
 from agents.events import IncomingEvent, Publication, dead_letter_publication, rounded_box
 from agents.retrying import Backoff, retry_transient
-from faces.decoding import EncodedPhoto
+from faces.decoding import EncodedPhoto, ImageLimits
 from faces.engine import DecodedPhoto, FaceEngine, PhotoFaces, decode_for_detection
 from schemas.errors import PixoraError, SessionFull, StorageRejected
 from schemas.events import FaceFound, PhotoIndexed, PhotoUploaded
@@ -52,8 +52,7 @@ INDEXING_BACKOFF = Backoff(max_delay_s=10.0)
 @dataclass(frozen=True)
 class IndexLimits:
     max_photos_per_session: int = 1000
-    max_image_pixels: int = 100_000_000
-    min_image_side_px: int = 32
+    image: ImageLimits = field(default_factory=ImageLimits)
 
 
 @dataclass
@@ -394,9 +393,7 @@ class PhotoIndexer:
         return await loop.run_in_executor(self.decoder, self._decode, data)
 
     def _decode(self, data: bytes) -> "_Decoded":
-        photo = EncodedPhoto(
-            data, max_pixels=self.limits.max_image_pixels, min_side_px=self.limits.min_image_side_px
-        )
+        photo = EncodedPhoto.within(data, self.limits.image)
         return photo, decode_for_detection(photo)
 
     async def _infer(self, item: _Work, decoded: "_Decoded") -> None:

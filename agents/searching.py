@@ -11,7 +11,7 @@ import binascii
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from agents.events import (
@@ -22,7 +22,7 @@ from agents.events import (
     rounded_box,
 )
 from agents.retrying import Backoff, retry_transient
-from faces.decoding import EncodedPhoto
+from faces.decoding import EncodedPhoto, ImageLimits
 from faces.engine import EmbeddedFace, FaceEngine
 from schemas.errors import ImageTooLarge, InvalidEvent, PixoraError
 from schemas.events import (
@@ -49,8 +49,7 @@ class SearchPolicy:
     default_threshold: float = 0.30
     max_limit: int = 50
     max_selfie_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 100_000_000
-    min_image_side_px: int = 32
+    image: ImageLimits = field(default_factory=ImageLimits)
 
 
 class SelfieSearcher:
@@ -183,10 +182,7 @@ class SelfieSearcher:
         return data
 
     def _selfie_face(self, data: bytes) -> EmbeddedFace | None:
-        photo = EncodedPhoto(
-            data, max_pixels=self.policy.max_image_pixels, min_side_px=self.policy.min_image_side_px
-        )
-        return self.engine.selfie_encoded(photo)
+        return self.engine.selfie_encoded(EncodedPhoto.within(data, self.policy.image))
 
     def _failure(
         self,

@@ -8,6 +8,7 @@ nothing.
 
 import io
 import warnings
+from dataclasses import dataclass
 from math import ceil
 
 import cv2
@@ -24,6 +25,14 @@ Image.MAX_IMAGE_PIXELS = None
 WHITE = (255, 255, 255)
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image must be to be decoded at all, photo or selfie."""
+
+    max_pixels: int = 100_000_000
+    min_side_px: int = 32
+
+
 class EncodedPhoto:
     """An image whose header has been read and checked against the limits; pixels on demand.
 
@@ -31,6 +40,10 @@ class EncodedPhoto:
     (Pillow's draft mode), several times faster than a full decode and with a fraction of the
     memory: detection only ever looks at 640 pixels, so most of a 24 MP frame is never needed.
     """
+
+    @classmethod
+    def within(cls, data: bytes, limits: ImageLimits) -> "EncodedPhoto":
+        return cls(data, max_pixels=limits.max_pixels, min_side_px=limits.min_side_px)
 
     def __init__(self, data: bytes, *, max_pixels: int, min_side_px: int) -> None:
         self.data = data

@@ -20,6 +20,7 @@ from agents.events import IncomingEvent, Publication
 from agents.indexing import IndexLimits, PhotoIndexer
 from agents.retrying import Backoff, retry_transient
 from agents.searching import SearchPolicy, SelfieSearcher
+from faces.decoding import ImageLimits
 from faces.engine import FaceEngine, FaceLimits
 from faces.model_pack import locate_model_pack
 from faces.runtime import OnnxRuntime
@@ -95,6 +96,7 @@ class WorkerResources:
         assert settings.face_store_url is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
         self._store = await _open_store(settings.face_store_url)
         self._source = build_photo_source(settings)
+        image_limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
         indexer = PhotoIndexer(
             engine,
             self._store,
@@ -102,8 +104,7 @@ class WorkerResources:
             self._executor,
             IndexLimits(
                 max_photos_per_session=settings.max_photos_per_session,
-                max_image_pixels=settings.max_image_pixels,
-                min_image_side_px=settings.min_image_side_px,
+                image=image_limits,
             ),
             decoder=self._decoder,
         )
@@ -116,8 +117,7 @@ class WorkerResources:
                 default_threshold=settings.face_similarity_threshold,
                 max_limit=settings.search_result_limit,
                 max_selfie_bytes=settings.max_selfie_bytes,
-                max_image_pixels=settings.max_image_pixels,
-                min_image_side_px=settings.min_image_side_px,
+                image=image_limits,
             ),
         )
         return indexer, searcher
