@@ -135,9 +135,10 @@ class PhotoIndexer:
         self.backoff = backoff
         # At most this many photos in flight from the store at once, whatever the batch size.
         self._fetching = asyncio.Semaphore(FETCH_CONCURRENCY)
-        # Prepared photos whose batch is not saved yet, by (session, photo); a batch's photos
-        # leave only once their transaction has committed.
-        self._unsaved: dict[tuple[str, str], _Work] = {}
+        # Prepared photos whose batch is not saved yet, by (session, photo), oldest first: the
+        # same photo may be in several batches. A batch's photos leave only once their
+        # transaction has committed.
+        self._unsaved: dict[tuple[str, str], list[_Work]] = {}
         # Photos decoded ahead by `prefetch`, until their batch is prepared.
         self._prefetched: dict[tuple[str, ...], asyncio.Future[_Decoded]] = {}
 
@@ -170,7 +171,7 @@ class PhotoIndexer:
         self._enforce_session_limits(analyzed, rooms)
         to_save = [item for item in analyzed if item.outcome is None]
         for item in to_save:
-            self._unsaved[item.key] = item
+            self._unsaved.setdefault(item.key, []).append(item)
         return PreparedBatch(work, to_save)
 
     def prefetch(self, events: Sequence[IncomingEvent]) -> None:
@@ -192,6 +193,19 @@ class PhotoIndexer:
             if key not in self._prefetched:
                 self._prefetched[key] = asyncio.ensure_future(self._fetch_and_decode(upload))
                 started += 1
+
+    def abandon_unfinished(self) -> None:
+        """Forget every batch prepared and not finished: the agent stopped without saving
+        them, their events are not acknowledged and will come again."""
+        self._unsaved.clear()
+        self.drop_prefetched()
+
+    def _forget(self, item: _Work) -> None:
+        versions = [version for version in self._unsaved.get(item.key, []) if version is not item]
+        if versions:
+            self._unsaved[item.key] = versions
+        else:
+            self._unsaved.pop(item.key, None)
 
     @property
     def decoded_ahead(self) -> int:
@@ -240,19 +254,27 @@ class PhotoIndexer:
         # The unsaved photos are listed before the store is read: a photo whose batch commits
         # in between is then found in both, never in neither, and the store's answer (one
         # snapshot) says which of them its count already holds.
-        unsaved = {
-            photo_id: item
-            for (session, photo_id), item in self._unsaved.items()
+        pending = {
+            photo_id: list(versions)
+            for (session, photo_id), versions in self._unsaved.items()
             if session == session_id
         }
         photo_ids = [item.upload.photo for item in items if item.upload]
         view = await retry_transient(
-            partial(self.store.session_view, session_id, [*photo_ids, *unsaved]),
+            partial(self.store.session_view, session_id, [*photo_ids, *pending]),
             "reading the session's photos",
             self.backoff,
         )
         known, count = view.known, view.photo_count
-        count += sum(1 for p, item in unsaved.items() if item.takes_place and p not in known)
+        # A photo takes its place once, through whichever of its unsaved versions came first
+        # to a session that did not hold it.
+        count += sum(
+            1
+            for photo_id, versions in pending.items()
+            if photo_id not in known and any(version.takes_place for version in versions)
+        )
+        # A redelivery is compared with the photo's latest version, as the store would be.
+        unsaved = {photo_id: versions[-1] for photo_id, versions in pending.items()}
         room = _SessionRoom(session_id, count, set(known) | set(unsaved))
         # Within one batch a photo uploaded twice is indexed once, from its last event.
         last_event_of = {item.upload.photo: item for item in items if item.upload}
@@ -437,8 +459,7 @@ class PhotoIndexer:
             )
         saved = await self._saved(analyzed, photos)
         for item in analyzed:
-            if self._unsaved.get(item.key) is item:
-                del self._unsaved[item.key]
+            self._forget(item)
 
         for item in saved:
             assert item.upload is not None and item.faces is not None

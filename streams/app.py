@@ -252,7 +252,7 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         finally:
             for run in running:
                 run.finished.cancel()  # their events are not acknowledged: they come again
-            indexer.drop_prefetched()
+            indexer.abandon_unfinished()
 
     @app.agent(topic(names.search_requested), name="answer-searches")
     async def answer_searches(stream: StreamT[bytes]) -> None:

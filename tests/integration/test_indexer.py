@@ -179,3 +179,68 @@ async def test_photos_decoded_ahead_are_used_by_their_batch_and_none_is_left_beh
     ]
     assert indexer.decoded_ahead == 0
     assert await store.photo_count(session) == 3
+
+
+async def test_a_photo_uploaded_again_before_its_first_batch_is_saved_takes_one_place(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    # Three batches in hand at once, as when the database is slow to commit: the second
+    # uploads p1 again, and the third must still see the session as full.
+    indexer = PhotoIndexer(
+        engine,
+        store,
+        LocalPhotoSource(photos, 10**8),
+        executor,
+        IndexLimits(max_photos_per_session=2),
+    )
+    session = new_session()
+    first = await indexer.prepare(
+        batch(
+            [
+                upload(session, "obama.jpg", photo_id="p1"),
+                upload(session, "obama2.jpg", photo_id="p2"),
+            ]
+        )
+    )
+    again = await indexer.prepare(batch([upload(session, "biden.jpg", photo_id="p1")]))
+    third = await indexer.prepare(batch([upload(session, "two_people.jpg", photo_id="p3")]))
+
+    outcomes = [
+        [answer.get("error_code") or answer["status"] for answer in answers_of(published)]
+        for published in [await indexer.finish(b) for b in (first, again, third)]
+    ]
+
+    assert outcomes == [["indexed", "indexed"], ["indexed"], ["session_full"]]
+    assert await store.photo_count(session) == 2
+    assert (await store.known_photos(session, ["p1"]))["p1"].source == "biden.jpg"
+
+
+async def test_batches_abandoned_unfinished_hold_no_place_and_no_answer(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    # The agent stopped after preparing a batch and before saving it; its events come again
+    # to the same indexer.
+    indexer = PhotoIndexer(
+        engine,
+        store,
+        LocalPhotoSource(photos, 10**8),
+        executor,
+        IndexLimits(max_photos_per_session=2),
+    )
+    session = new_session()
+    events = batch(
+        [
+            upload(session, "obama.jpg", photo_id="p1", event_id="e1"),
+            upload(session, "biden.jpg", photo_id="p2", event_id="e2"),
+        ]
+    )
+    await indexer.prepare(events)
+
+    indexer.abandon_unfinished()
+    answers = answers_of(await indexer.index_batch(events))
+
+    assert [(a["status"], a["replayed"]) for a in answers] == [
+        ("indexed", False),
+        ("indexed", False),
+    ]
+    assert await store.photo_count(session) == 2
