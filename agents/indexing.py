@@ -221,8 +221,7 @@ class PhotoIndexer:
         """Save a prepared batch; return one publication per event, in event order."""
         await self._save(batch.to_save)
         for item in batch.work:
-            if item.superseded_by is not None:
-                item.outcome = self._like(item, item.superseded_by)
+            self._answer_like_its_winner(item)
         for item in batch.work:
             self._log(item)
         return [item.outcome for item in batch.work if item.outcome is not None]
@@ -515,6 +514,15 @@ class PhotoIndexer:
             for index, (bbox, score) in enumerate(record.faces)
         ]
         return self._indexed(upload, faces, record.faces_dropped, took_ms, replayed=True)
+
+    def _answer_like_its_winner(self, item: _Work) -> None:
+        winner = item.superseded_by
+        if winner is None or item.outcome is not None:
+            return
+        # The winner may itself follow another event: the photo's last upload in this batch
+        # can be a redelivery of one in a batch saved before.
+        self._answer_like_its_winner(winner)
+        item.outcome = self._like(item, winner)
 
     def _like(self, item: _Work, winner: _Work) -> Publication:
         # The same photo came twice in one batch: only its last event was indexed, and the

@@ -244,3 +244,26 @@ async def test_batches_abandoned_unfinished_hold_no_place_and_no_answer(
         ("indexed", False),
     ]
     assert await store.photo_count(session) == 2
+
+
+async def test_a_reupload_followed_by_a_redelivery_of_the_unsaved_original_is_answered(
+    engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
+) -> None:
+    # The second batch holds a new upload of the photo and then the first batch's event again:
+    # its last event follows the first batch, and the new upload follows its last event.
+    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    session = new_session()
+    original = upload(session, "obama.jpg", photo_id="p", event_id="e1")
+    reupload = upload(session, "two_people.jpg", photo_id="p", event_id="e2")
+    first = await indexer.prepare(batch([original]))
+    second = await indexer.prepare(batch([reupload, original]))
+
+    await indexer.finish(first)
+    answers = answers_of(await indexer.finish(second))
+
+    assert [(a["event_id"], a["face_count"], a["replayed"]) for a in answers] == [
+        ("e2", 1, True),
+        ("e1", 1, True),
+    ]
+    assert (await store.known_photos(session, ["p"]))["p"].event_id == "e1"
+    assert await store.face_count(session) == 1
