@@ -9,10 +9,11 @@ A batch is handled in two steps, so that inference never waits on the database o
 - `finish`: save the batch in one transaction and build its answers. Only then does the caller
   acknowledge the batch's offsets.
 
-The agent prepares a batch while the one before it is finished. Until their transaction
-commits, a prepared batch's photos are kept as unsaved, and the next batch's checks count them
-as stored: a photo takes its place in its session once, and a redelivered event is answered as
-a replay rather than indexed twice.
+The agent prepares a batch while the one before it is finished, and has `prefetch` fetch and
+decode the first photo of the next batch meanwhile. Until their transaction commits, a prepared
+batch's photos are kept as unsaved, and the next batches' checks count them as stored: a photo
+takes its place in its session once, and a redelivered event is answered as a replay rather
+than indexed twice.
 """
 
 import asyncio
@@ -198,7 +199,9 @@ class PhotoIndexer:
         """Forget every batch prepared and not finished: the agent stopped without saving
         them, their events are not acknowledged and will come again."""
         self._unsaved.clear()
-        self.drop_prefetched()
+        for future in self._prefetched.values():
+            _discard(future)
+        self._prefetched.clear()
 
     def _forget(self, item: _Work) -> None:
         versions = [version for version in self._unsaved.get(item.key, []) if version is not item]
@@ -211,11 +214,6 @@ class PhotoIndexer:
     def decoded_ahead(self) -> int:
         """Photos fetched and decoded by `prefetch` that no batch has taken yet."""
         return len(self._prefetched)
-
-    def drop_prefetched(self) -> None:
-        for future in self._prefetched.values():
-            _discard(future)
-        self._prefetched.clear()
 
     async def finish(self, batch: PreparedBatch) -> list[Publication]:
         """Save a prepared batch; return one publication per event, in event order."""

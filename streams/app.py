@@ -237,7 +237,7 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
                 await stream.ack(event)
 
         # Batches overlap: one is saved, answered and acknowledged while the next is in
-        # inference and the one after has its first photos fetched and decoded, so inference
+        # inference and the one after has its first photo fetched and decoded, so inference
         # does not wait for the database, the broker or a batch boundary. The next batch is
         # taken once this one's photos are all decoded, which bounds how many are in hand.
         running: list[_BatchRun] = []
