@@ -19,11 +19,11 @@ than indexed twice.
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from agents.events import IncomingEvent, Publication, dead_letter_publication, rounded_box
 from agents.retrying import Backoff, retry_transient
@@ -35,6 +35,8 @@ from storage.face_store import FaceStore, IndexedPhoto, PhotoRecord, StoredFace
 from storage.photo_source import PhotoSource
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # An error we did not foresee (a bug, a model crash on one odd image) is retried this many
 # times before the photo is dead-lettered, so one poison photo cannot stall its partition.
@@ -381,28 +383,19 @@ class PhotoIndexer:
         """The photo fetched and decoded for detection, or None with its dead letter set.
 
         The first attempt uses the photo's fetch in flight, or its decode from `prefetch`."""
-        assert item.upload is not None
-        for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
-            try:
+
+        async def attempt(number: int) -> _Decoded:
+            started = time.perf_counter()
+            if number == 1 and ahead is not None:
+                decoded = await ahead
+            else:
+                data = await (fetch if number == 1 and fetch else self._fetch(item))
                 started = time.perf_counter()
-                if attempt == 1 and ahead is not None:
-                    decoded = await ahead
-                else:
-                    data = await (fetch if attempt == 1 and fetch else self._fetch(item))
-                    started = time.perf_counter()
-                    decoded = await self._decode_off_loop(data)
-                item.work_ms = (time.perf_counter() - started) * 1000
-                return decoded
-            except PixoraError as error:
-                item.outcome = dead_letter_publication(item.event, error, attempt)
-                return None
-            except Exception as error:
-                log.exception(
-                    "unexpected error decoding photo %r (attempt %d)", item.upload.photo, attempt
-                )
-                if attempt == UNEXPECTED_ERROR_ATTEMPTS:
-                    item.outcome = dead_letter_publication(item.event, error, attempt)
-        return None
+                decoded = await self._decode_off_loop(data)
+            item.work_ms = (time.perf_counter() - started) * 1000
+            return decoded
+
+        return await self._attempted(item, "decoding", attempt)
 
     async def _fetch_and_decode(self, upload: PhotoUploaded) -> "_Decoded":
         return await self._decode_off_loop(await self._fetch_source(upload.source))
@@ -416,25 +409,35 @@ class PhotoIndexer:
         return photo, decode_for_detection(photo)
 
     async def _infer(self, item: _Work, decoded: "_Decoded") -> None:
-        assert item.upload is not None
         loop = asyncio.get_running_loop()
-        for attempt in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
+
+        async def attempt(number: int) -> PhotoFaces:
+            started = time.perf_counter()
+            faces = await loop.run_in_executor(self.executor, self.engine.index_decoded, *decoded)
+            item.work_ms = (item.work_ms or 0.0) + (time.perf_counter() - started) * 1000
+            return faces
+
+        item.faces = await self._attempted(item, "indexing", attempt)
+
+    async def _attempted(
+        self, item: _Work, doing: str, attempt: Callable[[int], Awaitable[T]]
+    ) -> T | None:
+        """`attempt`'s result, or None with the photo's dead letter set: at once for a foreseen
+        error, after UNEXPECTED_ERROR_ATTEMPTS tries for any other."""
+        assert item.upload is not None
+        for number in range(1, UNEXPECTED_ERROR_ATTEMPTS + 1):
             try:
-                started = time.perf_counter()
-                item.faces = await loop.run_in_executor(
-                    self.executor, self.engine.index_decoded, *decoded
-                )
-                item.work_ms = (item.work_ms or 0.0) + (time.perf_counter() - started) * 1000
-                return
+                return await attempt(number)
             except PixoraError as error:
-                item.outcome = dead_letter_publication(item.event, error, attempt)
-                return
+                item.outcome = dead_letter_publication(item.event, error, number)
+                return None
             except Exception as error:
                 log.exception(
-                    "unexpected error indexing photo %r (attempt %d)", item.upload.photo, attempt
+                    "unexpected error %s photo %r (attempt %d)", doing, item.upload.photo, number
                 )
-                if attempt == UNEXPECTED_ERROR_ATTEMPTS:
-                    item.outcome = dead_letter_publication(item.event, error, attempt)
+                if number == UNEXPECTED_ERROR_ATTEMPTS:
+                    item.outcome = dead_letter_publication(item.event, error, number)
+        return None
 
     async def _save(self, analyzed: list[_Work]) -> None:
         photos = []

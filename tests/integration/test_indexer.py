@@ -267,3 +267,44 @@ async def test_a_reupload_followed_by_a_redelivery_of_the_unsaved_original_is_an
     ]
     assert (await store.known_photos(session, ["p"]))["p"].event_id == "e1"
     assert await store.face_count(session) == 1
+
+
+class _CrashingEngine:
+    """The real engine, except that its first `crashes` inference calls raise."""
+
+    def __init__(self, engine: FaceEngine, crashes: int) -> None:
+        self._engine, self.crashes = engine, crashes
+        self.model = engine.model
+
+    def index_decoded(self, *decoded: object) -> object:
+        if self.crashes > 0:
+            self.crashes -= 1
+            raise RuntimeError("model crashed")
+        return self._engine.index_decoded(*decoded)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("crashes", "expected"), [(2, ("indexed", 1)), (3, ("internal_error", 3))])
+async def test_an_unforeseen_inference_error_is_retried_then_dead_lettered(
+    engine: FaceEngine,
+    store: FaceStore,
+    photos: Path,
+    executor: ThreadPoolExecutor,
+    crashes: int,
+    expected: tuple[str, int],
+) -> None:
+    crashing = _CrashingEngine(engine, crashes)
+    indexer = PhotoIndexer(
+        crashing,  # type: ignore[arg-type]
+        store,
+        LocalPhotoSource(photos, 10**8),
+        executor,
+        IndexLimits(),
+    )
+    session = new_session()
+
+    answer = answers_of(await indexer.index_batch(batch([upload(session, "obama.jpg")])))[0]
+
+    outcome = (answer["status"], answer["face_count"]) if "status" in answer else None
+    dead = (answer.get("error_code"), answer.get("attempts"))
+    assert (outcome or dead) == expected
+    assert await store.photo_count(session) == (1 if expected[0] == "indexed" else 0)
