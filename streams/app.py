@@ -213,9 +213,11 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         )
 
         async def index(
-            events: Sequence[EventT[bytes]], run: _BatchRun, before: _BatchRun | None
+            events: Sequence[EventT[bytes]],
+            incoming: list[IncomingEvent],
+            run: _BatchRun,
+            before: _BatchRun | None,
         ) -> None:
-            incoming = [_incoming(event) for event in events]
             if before is not None:
                 await before.prepared.wait()  # one batch in inference at a time, in order
             try:
@@ -243,10 +245,11 @@ def create_app(settings: Settings, engine: FaceEngine) -> faust.App:
         running: list[_BatchRun] = []
         try:
             async for events in batches:
-                indexer.prefetch([_incoming(event) for event in events])
+                incoming = [_incoming(event) for event in events]
+                indexer.prefetch(incoming)
                 before = running[-1] if running else None
                 run = _BatchRun()
-                run.finished = asyncio.ensure_future(index(events, run, before))
+                run.finished = asyncio.ensure_future(index(events, incoming, run, before))
                 running = [*[r for r in running if not r.finished.done()], run]
                 await run.decoded.wait()
         finally:

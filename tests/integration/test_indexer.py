@@ -33,6 +33,22 @@ def executor() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
+def indexer_of(
+    engine: FaceEngine,
+    store: FaceStore,
+    photos: Path,
+    executor: ThreadPoolExecutor,
+    max_photos_per_session: int = 1000,
+) -> PhotoIndexer:
+    return PhotoIndexer(
+        engine,
+        store,
+        LocalPhotoSource(photos, 10**8),
+        executor,
+        IndexLimits(max_photos_per_session=max_photos_per_session),
+    )
+
+
 def batch(events: list[dict[str, object]]) -> list[IncomingEvent]:
     return [
         IncomingEvent(
@@ -49,13 +65,7 @@ def batch(events: list[dict[str, object]]) -> list[IncomingEvent]:
 async def test_a_photo_that_fails_takes_no_place_in_a_nearly_full_session(
     engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
 ) -> None:
-    indexer = PhotoIndexer(
-        engine,
-        store,
-        LocalPhotoSource(photos, 10**8),
-        executor,
-        IndexLimits(max_photos_per_session=3),
-    )
+    indexer = indexer_of(engine, store, photos, executor, max_photos_per_session=3)
     session = new_session()
     await indexer.index_batch(batch([upload(session, "obama.jpg"), upload(session, "obama2.jpg")]))
 
@@ -82,7 +92,7 @@ async def test_a_photo_that_fails_takes_no_place_in_a_nearly_full_session(
 async def test_the_same_event_id_with_another_source_is_indexed_not_replayed(
     engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
 ) -> None:
-    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    indexer = indexer_of(engine, store, photos, executor)
     session = new_session()
     first = upload(session, "two_people.jpg", photo_id="photo", event_id="event-1")
     await indexer.index_batch(batch([first]))
@@ -104,14 +114,7 @@ async def test_a_batch_prepared_before_the_last_one_is_saved_counts_its_photos(
 ) -> None:
     # The agent prepares the next batch while the last one is being saved: the session limit
     # must count the photos of both, although the store holds neither yet.
-    indexer = PhotoIndexer(
-        engine,
-        store,
-        LocalPhotoSource(photos, 10**8),
-        executor,
-        IndexLimits(max_photos_per_session=3),
-        decoder=executor,
-    )
+    indexer = indexer_of(engine, store, photos, executor, max_photos_per_session=3)
     session = new_session()
     first = await indexer.prepare(
         batch([upload(session, "obama.jpg"), upload(session, "obama2.jpg")])
@@ -135,7 +138,7 @@ async def test_a_batch_prepared_before_the_last_one_is_saved_counts_its_photos(
 async def test_an_event_redelivered_before_its_batch_is_saved_is_answered_as_a_replay(
     engine: FaceEngine, store: FaceStore, photos: Path, executor: ThreadPoolExecutor
 ) -> None:
-    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    indexer = indexer_of(engine, store, photos, executor)
     session = new_session()
     event = upload(session, "two_people.jpg", photo_id="group", event_id="event-1")
     first = await indexer.prepare(batch([event]))
@@ -162,7 +165,7 @@ async def test_photos_decoded_ahead_are_used_by_their_batch_and_none_is_left_beh
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(indexing, "PREFETCHED_PER_BATCH", 2)
-    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    indexer = indexer_of(engine, store, photos, executor)
     session = new_session()
     stored = upload(session, "two_people.jpg", photo_id="group", event_id="event-1")
     await indexer.index_batch(batch([stored]))
@@ -186,13 +189,7 @@ async def test_a_photo_uploaded_again_before_its_first_batch_is_saved_takes_one_
 ) -> None:
     # Three batches in hand at once, as when the database is slow to commit: the second
     # uploads p1 again, and the third must still see the session as full.
-    indexer = PhotoIndexer(
-        engine,
-        store,
-        LocalPhotoSource(photos, 10**8),
-        executor,
-        IndexLimits(max_photos_per_session=2),
-    )
+    indexer = indexer_of(engine, store, photos, executor, max_photos_per_session=2)
     session = new_session()
     first = await indexer.prepare(
         batch(
@@ -220,13 +217,7 @@ async def test_batches_abandoned_unfinished_hold_no_place_and_no_answer(
 ) -> None:
     # The agent stopped after preparing a batch and before saving it; its events come again
     # to the same indexer.
-    indexer = PhotoIndexer(
-        engine,
-        store,
-        LocalPhotoSource(photos, 10**8),
-        executor,
-        IndexLimits(max_photos_per_session=2),
-    )
+    indexer = indexer_of(engine, store, photos, executor, max_photos_per_session=2)
     session = new_session()
     events = batch(
         [
@@ -251,7 +242,7 @@ async def test_a_reupload_followed_by_a_redelivery_of_the_unsaved_original_is_an
 ) -> None:
     # The second batch holds a new upload of the photo and then the first batch's event again:
     # its last event follows the first batch, and the new upload follows its last event.
-    indexer = PhotoIndexer(engine, store, LocalPhotoSource(photos, 10**8), executor, IndexLimits())
+    indexer = indexer_of(engine, store, photos, executor)
     session = new_session()
     original = upload(session, "obama.jpg", photo_id="p", event_id="e1")
     reupload = upload(session, "two_people.jpg", photo_id="p", event_id="e2")
@@ -293,13 +284,7 @@ async def test_an_unforeseen_inference_error_is_retried_then_dead_lettered(
     expected: tuple[str, int],
 ) -> None:
     crashing = _CrashingEngine(engine, crashes)
-    indexer = PhotoIndexer(
-        crashing,  # type: ignore[arg-type]
-        store,
-        LocalPhotoSource(photos, 10**8),
-        executor,
-        IndexLimits(),
-    )
+    indexer = indexer_of(crashing, store, photos, executor)  # type: ignore[arg-type]
     session = new_session()
 
     answer = answers_of(await indexer.index_batch(batch([upload(session, "obama.jpg")])))[0]
