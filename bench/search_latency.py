@@ -12,10 +12,13 @@ with `synchronous_commit=off`, a larger `maintenance_work_mem` and foreign-key t
 `VACUUM ANALYZE`. None of that applies to the measured queries.
 
 Each query is a real `FaceStore.search` (threshold 0.30, limit 50, the product's defaults) with a
-stored face of the session plus noise as the selfie, so every answer has a match. Reported per
-session size: the first (cold) query, then p50 and p99 over the measured queries after a warm-up,
-and the plan of the product's own SQL (captured from the pool, then run under
-`EXPLAIN (ANALYZE, BUFFERS)`): which scan, rows, buffers, sort method, execution time.
+stored face of the session plus noise as the selfie, so every answer has a match. A search splits
+its session into `SEARCH_PARALLEL_SCANS` slices scanned side by side (`--scans`); every query runs
+that way and in a single scan, the two taking turns to go first, so the gain is measured in the
+same run. Reported per session size and scan count: the first (cold) query, then p50 and p99 over
+the measured queries after a warm-up, and the plan of the product's own SQL for one slice
+(captured from the pool, then run under `EXPLAIN (ANALYZE, BUFFERS)`): which scan, rows, buffers,
+sort method, execution time.
 
 The search compares every face of the session: it scans half-precision copies of the
 embeddings in an index and rescores in float32 the faces within a small margin of the
@@ -38,6 +41,7 @@ import numpy as np
 
 from bench.photos import CACHE
 from bench.stack import percentile, table
+from streams.settings import Settings
 
 DIMENSION = 512
 FACES_PER_PHOTO = 5
@@ -273,8 +277,9 @@ async def measure(arguments: argparse.Namespace) -> None:
             await register_vector(conn)
             conn.add_query_logger(log_query)
 
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=1, init=init)
-        store = FaceStore(pool)
+        scans = sorted({1, arguments.scans})
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=max(scans), init=init)
+        stores = {count: FaceStore(pool, parallel_scans=count) for count in scans}
         rows = []
         plans: dict[str, list[str]] = {}
         try:
@@ -287,19 +292,23 @@ async def measure(arguments: argparse.Namespace) -> None:
                     return (noisy / np.linalg.norm(noisy)).astype(np.float32)
 
                 started = time.perf_counter()
-                first = await store.search(session, MODEL, selfie(0), THRESHOLD, LIMIT)
+                first = await stores[scans[-1]].search(session, MODEL, selfie(0), THRESHOLD, LIMIT)
                 cold_ms = (time.perf_counter() - started) * 1000
                 assert first, "the selfie is a stored face: it must match"
                 for i in range(1, 6):
-                    await store.search(session, MODEL, selfie(i), THRESHOLD, LIMIT)
-                times = []
+                    for store in stores.values():
+                        await store.search(session, MODEL, selfie(i), THRESHOLD, LIMIT)
+                times: dict[int, list[float]] = {count: [] for count in scans}
                 answers = []
                 for i in range(queries):
                     query = selfie(10 + i)
-                    started = time.perf_counter()
-                    found = await store.search(session, MODEL, query, THRESHOLD, LIMIT)
-                    times.append((time.perf_counter() - started) * 1000)
-                    answers.append((query, found))
+                    # Side by side: each query once split into the default number of scans and
+                    # once in one scan, the two taking turns to go first.
+                    for count in scans if i % 2 else scans[::-1]:
+                        started = time.perf_counter()
+                        found = await stores[count].search(session, MODEL, query, THRESHOLD, LIMIT)
+                        times[count].append((time.perf_counter() - started) * 1000)
+                        answers.append((query, found))
                 # Afterwards, so that numpy's threads take no CPU from a measured query: every
                 # answer against an exact float32 search in numpy.
                 expected_total = found_total = 0
@@ -311,21 +320,27 @@ async def measure(arguments: argparse.Namespace) -> None:
                     for match in found:
                         error = abs(match.similarity - exact.get(match.photo_id, 9.0))
                         worst_score_error = max(worst_score_error, error)
-                rows.append(
-                    [
-                        f"{faces:,}",
-                        f"{faces // FACES_PER_PHOTO:,}",
-                        queries,
-                        f"{cold_ms:.1f}",
-                        f"{percentile(times, 0.5):.1f}",
-                        f"{percentile(times, 0.99):.1f}",
-                        f"{1000 * len(times) / sum(times):.1f}",
-                        f"{found_total / expected_total:.3f}",
-                        f"{worst_score_error:.1e}",
-                    ]
+                for count in scans:
+                    rows.append(
+                        [
+                            f"{faces:,}",
+                            f"{faces // FACES_PER_PHOTO:,}",
+                            count,
+                            queries,
+                            f"{cold_ms:.1f}" if count == scans[-1] else "",
+                            f"{percentile(times[count], 0.5):.1f}",
+                            f"{percentile(times[count], 0.99):.1f}",
+                            f"{1000 * len(times[count]) / sum(times[count]):.1f}",
+                            f"{found_total / expected_total:.3f}",
+                            f"{worst_score_error:.1e}",
+                        ]
+                    )
+                print(
+                    f"    {session}: p50 "
+                    + ", ".join(f"{percentile(times[c], 0.5):.1f} ms in {c} scans" for c in scans),
+                    flush=True,
                 )
-                print(f"    {session}: p50 {percentile(times, 0.5):.1f} ms", flush=True)
-                sql, args = captured[-1]  # the last measured query, as the product sent it
+                sql, args = captured[-1]  # the last measured query's last slice, as sent
                 async with pool.acquire() as conn:
                     explained = await conn.fetchval(
                         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, *args
@@ -345,6 +360,7 @@ async def measure(arguments: argparse.Namespace) -> None:
                 [
                     "faces/session",
                     "photos",
+                    "scans",
                     "queries",
                     "first ms",
                     "p50 ms",
@@ -365,7 +381,8 @@ async def measure(arguments: argparse.Namespace) -> None:
         )
         for session, lines in plans.items():
             print(
-                f"\nplan for {targets[session]:,} faces (EXPLAIN ANALYZE, BUFFERS of the product's SQL):"
+                f"\nplan for {targets[session]:,} faces, one slice of {scans[-1]} "
+                "(EXPLAIN ANALYZE, BUFFERS of the product's SQL):"
             )
             for line in lines:
                 print("  " + line)
@@ -379,6 +396,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k faces, sessions of 1k and 10k")
     parser.add_argument("--queries", type=int, default=0, help="measured queries per session")
+    parser.add_argument(
+        "--scans",
+        type=int,
+        default=Settings().search_parallel_scans,
+        help="parallel scans per search, measured side by side with one (default: the setting's)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database folder afterwards")
     parser.add_argument(
         "--storage",

@@ -4,6 +4,7 @@ Every query names one session and one model: embeddings of different models live
 different spaces, and a search must never see another session's photos.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,10 @@ BoundingBox = tuple[float, float, float, float]
 # 512 products in float32 adds about 3e-5. Five times that bound is still narrow enough to
 # let through only a handful of faces that the exact rescoring then drops.
 HALF_PRECISION_MARGIN = 0.005
+
+# The scan index orders a session's faces by `hashtext(photo_id) & 63`: a search splits these
+# buckets into slices and scans each on a connection of its own (schemas/migrations/0004).
+SCAN_BUCKETS = 64
 
 # Errors that mean "the database is not there right now", as opposed to "this query is wrong".
 _UNAVAILABLE = (
@@ -96,13 +101,26 @@ async def unavailable_as_retriable(action: str) -> AsyncIterator[None]:
         ) from error
 
 
+def scan_slices(count: int) -> list[tuple[int, int]]:
+    """The bucket ranges (first, last) of `count` slices of nearly equal size."""
+    if not 1 <= count <= SCAN_BUCKETS:
+        raise ValueError(f"a search is split into 1 to {SCAN_BUCKETS} scans, not {count}")
+    edges = [SCAN_BUCKETS * k // count for k in range(count + 1)]
+    return [(edges[k], edges[k + 1] - 1) for k in range(count)]
+
+
 class FaceStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, parallel_scans: int = 2) -> None:
         self._pool = pool
+        self._slices = scan_slices(parallel_scans)
 
     @classmethod
-    async def open(cls, dsn: str, *, max_connections: int = 4) -> "FaceStore":
-        """Apply pending migrations, then open a connection pool."""
+    async def open(cls, dsn: str, *, parallel_scans: int = 2) -> "FaceStore":
+        """Apply pending migrations, then open a connection pool.
+
+        The pool holds a connection for each of a search's parallel scans and two more, so
+        that the index agent's reads and its commit never wait for a search.
+        """
         async with unavailable_as_retriable("connecting"):
             connection = await asyncpg.connect(dsn, timeout=10)
             try:
@@ -110,9 +128,9 @@ class FaceStore:
             finally:
                 await connection.close()
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=max_connections, init=register_vector, timeout=10
+                dsn, min_size=1, max_size=parallel_scans + 2, init=register_vector, timeout=10
             )
-        return cls(pool)
+        return cls(pool, parallel_scans=parallel_scans)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -237,47 +255,84 @@ class FaceStore:
     ) -> list[Match]:
         """The session's photos whose best face reaches the threshold, best first.
 
-        Exact: every face of the session is compared. Embeddings are stored unit-length, so the
-        cosine similarity is the inner product, the negated `<#>`. The scan reads only the
-        index on (session, model), which carries each face's half-precision embedding, and
-        keeps the faces within HALF_PRECISION_MARGIN under the threshold; only those are looked
-        up in the table and compared again with their float32 embedding before the threshold
-        applies. Faces under it are dropped before the per-photo de-duplication, so only the
-        matches are sorted. Each OFFSET 0 keeps the planner from merging a step into the one
-        before it, which would read float32 embeddings during the scan or compute them twice.
+        Exact: every face of the session is compared. The session is split into slices of
+        photo buckets, scanned side by side, each on its own connection; a photo's faces all
+        lie in one slice, so the best `limit` photos of every slice together hold the best
+        `limit` of the session. Each slice runs in its own snapshot: a batch committing during
+        a search may be found in one slice and not yet in another, as it would be by a search
+        a moment earlier or later.
         """
         async with unavailable_as_retriable("searching"):
-            rows = await self._pool.fetch(
-                """SELECT photo_id, similarity, bbox FROM (
-                       SELECT DISTINCT ON (photo_id) photo_id, similarity, bbox
-                       FROM (
-                           SELECT f.photo_id, f.face_index, f.bbox,
-                                  -(f.embedding <#> $3) AS similarity
-                           FROM (
-                               SELECT photo_id, face_index
-                               FROM faces
-                               WHERE session_id = $1 AND model = $2
-                                 AND -(embedding_half <#> $6) >= $7
-                               OFFSET 0
-                           ) near
-                           JOIN faces f ON f.session_id = $1
-                                       AND f.photo_id = near.photo_id
-                                       AND f.face_index = near.face_index
-                           OFFSET 0
-                       ) scored
-                       WHERE similarity >= $4
-                       ORDER BY photo_id, similarity DESC, face_index
-                   ) best
-                   ORDER BY similarity DESC, photo_id
-                   LIMIT $5""",
-                session_id,
-                model,
-                embedding,
-                threshold,
-                limit,
-                HalfVector(embedding),
-                threshold - HALF_PRECISION_MARGIN,
+            found = await asyncio.gather(
+                *(
+                    self._search_slice(session_id, model, embedding, threshold, limit, buckets)
+                    for buckets in self._slices
+                ),
+                return_exceptions=True,  # every scan ends and gives its connection back
             )
+            for outcome in found:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        matches = [match for outcome in found if isinstance(outcome, list) for match in outcome]
+        # The same order as the SQL's: photo ids compared by code point, as COLLATE "C" does.
+        matches.sort(key=lambda match: (-match.similarity, match.photo_id))
+        return matches[:limit]
+
+    async def _search_slice(
+        self,
+        session_id: str,
+        model: str,
+        embedding: np.ndarray,
+        threshold: float,
+        limit: int,
+        buckets: tuple[int, int],
+    ) -> list[Match]:
+        """The best photos of one slice of the session's buckets.
+
+        Embeddings are stored unit-length, so the cosine similarity is the inner product, the
+        negated `<#>`. The scan reads only the scan index, which carries each face's
+        half-precision embedding, and keeps the faces within HALF_PRECISION_MARGIN under the
+        threshold; only those are looked up in the table and compared again with their float32
+        embedding before the threshold applies. Faces under it are dropped before the
+        per-photo de-duplication, so only the matches are sorted. Each OFFSET 0 keeps the
+        planner from merging a step into the one before it, which would read float32
+        embeddings during the scan or compute them twice.
+        """
+        first, last = buckets
+        rows = await self._pool.fetch(
+            """SELECT photo_id, similarity, bbox FROM (
+                   SELECT DISTINCT ON (photo_id) photo_id, similarity, bbox
+                   FROM (
+                       SELECT f.photo_id, f.face_index, f.bbox,
+                              -(f.embedding <#> $3) AS similarity
+                       FROM (
+                           SELECT photo_id, face_index
+                           FROM faces
+                           WHERE session_id = $1 AND model = $2
+                             AND (hashtext(photo_id) & 63) BETWEEN $8 AND $9
+                             AND -(embedding_half <#> $6) >= $7
+                           OFFSET 0
+                       ) near
+                       JOIN faces f ON f.session_id = $1
+                                   AND f.photo_id = near.photo_id
+                                   AND f.face_index = near.face_index
+                       OFFSET 0
+                   ) scored
+                   WHERE similarity >= $4
+                   ORDER BY photo_id, similarity DESC, face_index
+               ) best
+               ORDER BY similarity DESC, photo_id COLLATE "C"
+               LIMIT $5""",
+            session_id,
+            model,
+            embedding,
+            threshold,
+            limit,
+            HalfVector(embedding),
+            threshold - HALF_PRECISION_MARGIN,
+            first,
+            last,
+        )
         return [
             Match(row["photo_id"], float(row["similarity"]), tuple(row["bbox"])) for row in rows
         ]

@@ -55,8 +55,7 @@ async def preflight(settings: Settings) -> FaceEngine:
             f"model {engine.model} embeds in {engine.dimension} dimensions, "
             f"EMBEDDING_DIMENSION is {settings.embedding_dimension}"
         )
-    assert settings.face_store_url is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
-    store = await _open_store(settings.face_store_url)
+    store = await _open_store(settings)
     try:
         stored_dimension = await store.embedding_dimension()
     finally:
@@ -93,8 +92,7 @@ class WorkerResources:
 
     async def _open(self) -> tuple[PhotoIndexer, SelfieSearcher]:
         settings, engine = self.settings, self.engine
-        assert settings.face_store_url is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
-        self._store = await _open_store(settings.face_store_url)
+        self._store = await _open_store(settings)
         self._source = build_photo_source(settings)
         image_limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
         indexer = PhotoIndexer(
@@ -131,10 +129,14 @@ class WorkerResources:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
 
-async def _open_store(dsn: str) -> FaceStore:
+async def _open_store(settings: Settings) -> FaceStore:
     # A worker may start before its database: wait for it rather than crash-loop.
+    dsn, scans = settings.face_store_url, settings.search_parallel_scans
+    assert dsn is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
     return await retry_transient(
-        lambda: FaceStore.open(dsn), "opening the face store", Backoff(max_delay_s=10)
+        lambda: FaceStore.open(dsn, parallel_scans=scans),
+        "opening the face store",
+        Backoff(max_delay_s=10),
     )
 
 

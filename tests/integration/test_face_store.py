@@ -142,3 +142,54 @@ async def test_faces_within_half_precision_error_of_the_threshold_are_decided_in
     assert [match.photo_id for match in matches] == expected
     for match in matches:
         assert match.similarity == pytest.approx(exact[match.photo_id], abs=1e-6)
+
+
+async def bucket_of(store: FaceStore, photo_id: str) -> int:
+    # The bucket expression of the scan index, asked of the database itself.
+    bucket: int = await store._pool.fetchval("SELECT hashtext($1) & 63", photo_id)
+    return bucket
+
+
+@pytest.mark.parametrize("parallel_scans", [1, 3, 8])
+async def test_a_search_split_into_parallel_scans_answers_as_one_exact_scan(
+    database: str, store: FaceStore, parallel_scans: int
+) -> None:
+    rng = np.random.default_rng(11)
+    session = new_session()
+    query = rng.standard_normal(512).astype(np.float32)
+    query /= np.linalg.norm(query)
+    scores = np.linspace(0.95, 0.05, 60)
+    photos = {
+        f"p{i:02d}": at_similarity(query, float(score), rng) for i, score in enumerate(scores)
+    }
+    # Two faces of one photo, and equal scores in photos whose ids sort differently by code
+    # point than in most locales ("B" before "a"): ties must break the same way in every slice.
+    twins = {name: at_similarity(query, 0.5, rng) for name in ("a-twin", "B-twin", "c-twin")}
+    twin_face = next(iter(twins.values()))
+    bbox = (1.0, 2.0, 30.0, 40.0)
+    await store.save(
+        [photo(session, p, [StoredFace(bbox, 0.9, face)]) for p, face in photos.items()]
+        + [photo(session, p, [StoredFace(bbox, 0.9, twin_face)] * 2) for p in twins]
+    )
+    exact = {p: float(query @ face) for p, face in photos.items()}
+    exact |= {p: float(query @ twin_face) for p in twins}
+    ranked = sorted(exact, key=lambda p: (-exact[p], p))
+    top_ten = ranked[:10]
+    assert len({await bucket_of(store, p) for p in top_ten}) > 3, "the best are spread out"
+
+    split = await FaceStore.open(database, parallel_scans=parallel_scans)
+    try:
+        everything = await split.search(session, "buffalo_s", query, threshold=0.3, limit=100)
+        best = await split.search(session, "buffalo_s", query, threshold=-1.0, limit=10)
+    finally:
+        await split.close()
+
+    assert [m.photo_id for m in everything] == [p for p in ranked if exact[p] >= 0.3]
+    assert [m.photo_id for m in best] == top_ten
+    for match in everything:
+        assert match.similarity == pytest.approx(exact[match.photo_id], abs=1e-6)
+    assert [m.photo_id for m in everything if m.photo_id.endswith("twin")] == [
+        "B-twin",
+        "a-twin",
+        "c-twin",
+    ]
