@@ -33,8 +33,10 @@ def bundled_migrations() -> list[Migration]:
     return sorted(found, key=lambda migration: migration.version)
 
 
-async def apply_migrations(connection: asyncpg.Connection) -> list[int]:
-    """Apply what is missing; return the versions applied now."""
+async def apply_migrations(
+    connection: asyncpg.Connection, *, up_to: int | None = None
+) -> list[int]:
+    """Apply what is missing, up to version `up_to` if given; return the versions applied now."""
     applied_now = []
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
@@ -49,7 +51,7 @@ async def apply_migrations(connection: asyncpg.Connection) -> list[int]:
             for row in await connection.fetch("SELECT version FROM schema_migrations")
         }
         for migration in bundled_migrations():
-            if migration.version in done:
+            if migration.version in done or (up_to is not None and migration.version > up_to):
                 continue
             await connection.execute(migration.sql)
             await connection.execute(
