@@ -43,6 +43,9 @@ _UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # What asyncpg raises when the pool hands out a connection the server has closed (a
+    # failover, idle_session_timeout, pg_terminate_backend) before it noticed the close.
+    asyncpg.InternalClientError,
 )
 
 
@@ -115,11 +118,15 @@ class FaceStore:
         self._slices = scan_slices(parallel_scans)
 
     @classmethod
-    async def open(cls, dsn: str, *, parallel_scans: int = 2) -> "FaceStore":
+    async def open(
+        cls, dsn: str, *, parallel_scans: int = 2, command_timeout_s: float = 15.0
+    ) -> "FaceStore":
         """Apply pending migrations, then open a connection pool.
 
         The pool holds a connection for each of a search's parallel scans and two more, so
-        that the index agent's reads and its commit never wait for a search.
+        that the index agent's reads and its commit never wait for a search. A statement that
+        gets no answer within `command_timeout_s` fails as unavailable, to be retried, rather
+        than holding its agent forever on a database that hangs.
         """
         async with unavailable_as_retriable("connecting"):
             connection = await asyncpg.connect(dsn, timeout=10)
@@ -128,7 +135,12 @@ class FaceStore:
             finally:
                 await connection.close()
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=parallel_scans + 2, init=register_vector, timeout=10
+                dsn,
+                min_size=1,
+                max_size=parallel_scans + 2,
+                init=register_vector,
+                timeout=10,
+                command_timeout=command_timeout_s,
             )
         return cls(pool, parallel_scans=parallel_scans)
 
@@ -258,9 +270,9 @@ class FaceStore:
         Exact: every face of the session is compared. The session is split into slices of
         photo buckets, scanned side by side, each on its own connection; a photo's faces all
         lie in one slice, so the best `limit` photos of every slice together hold the best
-        `limit` of the session. Each slice runs in its own snapshot: a batch committing during
-        a search may be found in one slice and not yet in another, as it would be by a search
-        a moment earlier or later.
+        `limit` of the session. Each slice runs in its own snapshot, so of a batch that
+        commits during a search, the photos in one slice may be found and those in another
+        not yet; each photo is found whole or not at all, and the next search finds them all.
         """
         async with unavailable_as_retriable("searching"):
             found = await asyncio.gather(

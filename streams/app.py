@@ -131,10 +131,14 @@ class WorkerResources:
 
 async def _open_store(settings: Settings) -> FaceStore:
     # A worker may start before its database: wait for it rather than crash-loop.
-    dsn, scans = settings.face_store_url, settings.search_parallel_scans
+    dsn = settings.face_store_url
     assert dsn is not None, "the embedded runtime sets VECTOR_DATABASE_URL"
     return await retry_transient(
-        lambda: FaceStore.open(dsn, parallel_scans=scans),
+        lambda: FaceStore.open(
+            dsn,
+            parallel_scans=settings.search_parallel_scans,
+            command_timeout_s=settings.database_command_timeout_s,
+        ),
         "opening the face store",
         Backoff(max_delay_s=10),
     )

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     vector_database_url: SecretStr | None = Field(
         default=None, description="the face store; falls back to DATABASE_URL"
     )
+    # A statement unanswered for this long fails as "database unavailable" and is retried.
+    database_command_timeout_s: float = Field(default=15.0, gt=0)
     data_dir: Path = Field(default=Path("var"), validation_alias=AliasChoices("PIXORA_DATA_DIR"))
     photo_root: Path = Field(default=Path("var/photos"), description="local photo folder")
 
@@ -63,8 +65,9 @@ class Settings(BaseSettings):
     face_similarity_threshold: float = Field(default=0.30, ge=-1.0, le=1.0)
     search_result_limit: int = Field(default=50, ge=1)
     # A search scans its session in this many slices side by side, each on a connection and a
-    # core of the database: two halve the time of a large session on a 2-core machine.
-    search_parallel_scans: int = Field(default=2, ge=1, le=64)
+    # core of the database: two halve the time of a large session on a 2-core machine. A
+    # worker's pool holds this many connections and two more.
+    search_parallel_scans: int = Field(default=2, ge=1, le=16)
     embedding_dimension: int = 512
 
     # Indexing.
