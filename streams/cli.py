@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from schemas.errors import PixoraError
 from schemas.events import photo_id_from_source, printable
@@ -38,7 +38,11 @@ WORKER_STOP_TIMEOUT_S = 20.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(f"pixora-face: invalid settings: {_settings_problems(error)}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -62,6 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PixoraError as error:
         print(f"pixora-face: {error}", file=sys.stderr)
         return 1
+
+
+def _settings_problems(error: ValidationError) -> str:
+    # Named as the environment spells them; the values are left out, as some are secrets.
+    return "; ".join(
+        f"{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+        for problem in error.errors()
+    )
 
 
 def _interrupt(signum: int, _: object) -> None:
